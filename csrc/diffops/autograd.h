@@ -1,0 +1,69 @@
+#pragma once
+// The one place where diffops calls torch::autograd::grad, with the argument checks and the
+// diagnostics every operator shares. Internal: not installed with the public headers.
+
+#include <ATen/core/Tensor.h>
+#include <c10/core/GradMode.h>
+
+#include <cstdint>
+#include <initializer_list>
+#include <vector>
+
+namespace diffops::detail {
+
+// How u's axes relate to x's.
+enum class Layout {
+  // x: batch + (d,), u: batch + comp. u[n] is a field evaluated at point x[n].
+  pointwise,
+  // u.shape == x.shape, u = g(x) elementwise: every element of x is a point with d = 1.
+  elementwise,
+};
+
+// A field u computed from x, validated once per operator call. While it lives, autograd is enabled
+// (the products and the bookkeeping between them must record graphs even under torch.no_grad()).
+// Bad arguments raise c10::ValueError (Python ValueError); a broken graph raises c10::Error
+// (Python RuntimeError). Every message starts with the operator's name.
+class Field {
+ public:
+  Field(const char* op, const at::Tensor& u, const at::Tensor& x,
+        Layout layout = Layout::pointwise, const char* u_name = "u");
+
+  // v^T (du/dx) for a v of u's shape: a product on the caller's tensor, which must depend on x.
+  at::Tensor vjp_field(const at::Tensor& v, bool create_graph) const;
+  // v^T (d out/dx) for a tensor that diffops derived from u. An `out` that does not depend on x
+  // is a legitimately zero derivative (a linear map's second derivative): zeros, not an error.
+  at::Tensor vjp(const at::Tensor& out, const at::Tensor& v, bool create_graph) const;
+
+  // Seed of u's shape selecting scalar component c (flat index into comp) at every point.
+  at::Tensor component_seed(int64_t c) const;
+  // Seed of x's shape selecting coordinate i at every point.
+  at::Tensor coordinate_seed(int64_t i) const;
+  // Stacks per-point results (each batch + something) along a new axis after the batch axes and
+  // reshapes to batch + after_batch; zeros of that shape when `parts` is empty.
+  at::Tensor stack(const std::vector<at::Tensor>& parts, std::vector<int64_t> after_batch) const;
+  // comp + tail, the usual `after_batch` of a per-component result.
+  std::vector<int64_t> comp_and(std::initializer_list<int64_t> tail) const;
+  // create_graph for the products that produce the result: the caller's wish, unless the caller
+  // runs with gradients disabled (then, as for every torch op under no_grad, no graph is kept).
+  bool keep(bool create_graph) const { return create_graph && grad_enabled_at_call_; }
+
+  const char* op;
+  const char* u_name;
+  at::Tensor u, x;
+  std::vector<int64_t> batch, comp;
+  int64_t d = 1;           // coordinates per point
+  int64_t components = 1;  // scalar components of u per point: prod(comp)
+
+ private:
+  bool grad_enabled_at_call_;
+  c10::AutoGradMode grad_guard_{true};
+};
+
+// The Jacobian J[..., i, j] = ∂u_i/∂x_j of f's field, shape batch + comp + (d,): one product per
+// component. Shared by jacobian, gradient and curl.
+at::Tensor jacobian_of(const Field& f, bool create_graph);
+
+// Raises c10::ValueError unless `value` >= 1; `what` names the argument.
+void check_positive(const char* op, int64_t value, const char* what);
+
+}  // namespace diffops::detail

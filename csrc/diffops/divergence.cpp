@@ -1,0 +1,47 @@
+#include "diffops/divergence.h"
+
+#include <ATen/ATen.h>
+
+#include "diffops/autograd.h"
+
+namespace diffops {
+namespace {
+
+// Checks that v's last axis holds the d components of a vector field; returns comp'.
+std::vector<int64_t> vector_field_comp(const detail::Field& f) {
+  TORCH_CHECK_VALUE(!f.comp.empty() && f.comp.back() == f.d, f.op, ": v has shape ",
+                    f.u.sizes(), " and x has shape ", f.x.sizes(), ": v's last axis must hold the ",
+                    f.d, " components of a vector field in d = ", f.d, " dimensions");
+  return {f.comp.begin(), f.comp.end() - 1};
+}
+
+}  // namespace
+
+at::Tensor divergence(const at::Tensor& v, const at::Tensor& x, const Options& options) {
+  detail::Field f("divergence", v, x, detail::Layout::pointwise, "v");
+  auto outer = vector_field_comp(f);
+  const bool keep = f.keep(options.create_graph());
+  std::vector<at::Tensor> parts;
+  for (int64_t c = 0; c < f.components; c += f.d) {
+    at::Tensor sum;  // batch
+    for (int64_t i = 0; i < f.d; ++i) {
+      auto term = f.vjp_field(f.component_seed(c + i), keep).select(-1, i);
+      sum = sum.defined() ? sum + term : term;
+    }
+    parts.push_back(sum);
+  }
+  return f.stack(parts, outer);
+}
+
+at::Tensor curl(const at::Tensor& v, const at::Tensor& x, const Options& options) {
+  detail::Field f("curl", v, x, detail::Layout::pointwise, "v");
+  TORCH_CHECK_VALUE(f.d == 2 || f.d == 3, "curl: defined for d = 2 or d = 3 coordinates, but x "
+                    "has shape ", x.sizes(), " (d = ", f.d, ")");
+  vector_field_comp(f);
+  auto J = detail::jacobian_of(f, options.create_graph());  // batch + comp' + (d, d)
+  auto dj = [&](int64_t i, int64_t j) { return J.select(-2, i).select(-1, j); };  // ∂v_i/∂x_j
+  if (f.d == 2) return dj(1, 0) - dj(0, 1);
+  return at::stack({dj(2, 1) - dj(1, 2), dj(0, 2) - dj(2, 0), dj(1, 0) - dj(0, 1)}, -1);
+}
+
+}  // namespace diffops

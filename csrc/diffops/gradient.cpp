@@ -1,0 +1,52 @@
+#include "diffops/gradient.h"
+
+#include <ATen/ATen.h>
+#include <torch/csrc/autograd/autograd.h>
+
+#include "diffops/autograd.h"
+
+namespace diffops {
+
+at::Tensor gradient(const at::Tensor& u, const at::Tensor& x, const Options& options) {
+  detail::Field f("gradient", u, x);
+  return detail::jacobian_of(f, options.create_graph());
+}
+
+at::Tensor jacobian(const at::Tensor& v, const at::Tensor& x, const Options& options) {
+  detail::Field f("jacobian", v, x, detail::Layout::pointwise, "v");
+  return detail::jacobian_of(f, options.create_graph());
+}
+
+at::Tensor directional_derivative(const at::Tensor& u, const at::Tensor& x,
+                                  const at::Tensor& direction, const Options& options) {
+  constexpr const char* op = "directional_derivative";
+  detail::Field f(op, u, x);
+  TORCH_CHECK_VALUE(direction.defined(), op, ": direction is an undefined tensor");
+  TORCH_CHECK_VALUE(direction.scalar_type() == x.scalar_type(), op, ": dtype mismatch: direction is ",
+                    direction.scalar_type(), " but x is ", x.scalar_type());
+  TORCH_CHECK_VALUE(direction.device() == x.device(), op, ": device mismatch: direction is on ",
+                    direction.device(), " but x is on ", x.device());
+  const bool broadcastable = direction.dim() <= x.dim() && [&] {
+    for (int64_t k = 1; k <= direction.dim(); ++k) {
+      const auto a = direction.size(-k), b = x.size(-k);
+      if (a != b && a != 1) return false;
+    }
+    return true;
+  }();
+  TORCH_CHECK_VALUE(broadcastable, op, ": direction of shape ", direction.sizes(),
+                    " does not broadcast to x's shape ", x.sizes());
+  const bool keep = f.keep(options.create_graph());
+  const auto dir = direction.expand(x.sizes());  // batch + (d,)
+  if (f.components == 1) {
+    return (f.vjp_field(f.component_seed(0), keep) * dir).sum(-1).reshape(u.sizes());
+  }
+  // J·dir for all components at once: w ↦ Jᵀw is linear in w, and differentiating
+  // <Jᵀw, dir> with respect to w gives J·dir (the double-backward JVP).
+  auto w = at::zeros(u.sizes(), u.options()).requires_grad_();
+  auto jt_w = f.vjp_field(w, /*create_graph=*/true);  // batch + (d,)
+  auto jv = torch::autograd::grad({jt_w}, {w}, {dir}, /*retain_graph=*/true, keep,
+                                  /*allow_unused=*/true)[0];
+  return jv.defined() ? jv : at::zeros_like(u);
+}
+
+}  // namespace diffops

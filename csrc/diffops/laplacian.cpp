@@ -1,0 +1,38 @@
+#include "diffops/laplacian.h"
+
+#include <ATen/ATen.h>
+
+#include "diffops/autograd.h"
+
+namespace diffops {
+
+at::Tensor laplacian(const at::Tensor& u, const at::Tensor& x, const Options& options) {
+  detail::Field f("laplacian", u, x);
+  const bool keep = f.keep(options.create_graph());
+  std::vector<at::Tensor> parts;
+  for (int64_t c = 0; c < f.components; ++c) {
+    auto g = f.vjp_field(f.component_seed(c), /*create_graph=*/true);  // batch + (d,)
+    at::Tensor sum;                                                     // batch
+    for (int64_t i = 0; i < f.d; ++i) {
+      auto term = f.vjp(g, f.coordinate_seed(i), keep).select(-1, i);
+      sum = sum.defined() ? sum + term : term;
+    }
+    parts.push_back(sum);
+  }
+  return f.stack(parts, f.comp);
+}
+
+at::Tensor hessian(const at::Tensor& u, const at::Tensor& x, const Options& options) {
+  detail::Field f("hessian", u, x);
+  const bool keep = f.keep(options.create_graph());
+  std::vector<at::Tensor> parts;
+  for (int64_t c = 0; c < f.components; ++c) {
+    auto g = f.vjp_field(f.component_seed(c), /*create_graph=*/true);  // batch + (d,)
+    std::vector<at::Tensor> rows;
+    for (int64_t i = 0; i < f.d; ++i) rows.push_back(f.vjp(g, f.coordinate_seed(i), keep));
+    parts.push_back(at::stack(rows, -2));  // batch + (d, d)
+  }
+  return f.stack(parts, f.comp_and({f.d, f.d}));
+}
+
+}  // namespace diffops

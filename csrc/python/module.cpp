@@ -1,0 +1,72 @@
+// The only code that knows about Python: registers the diffops operators with the dispatcher as
+// composite kernels (outputs stay differentiable, errors map to ValueError/RuntimeError, and the
+// ops trace under torch.compile) and defines the `diffops._C` module that loads them.
+
+#include <Python.h>
+#include <torch/library.h>
+
+#include "diffops/diffops.h"
+
+namespace {
+
+// Drops the GIL for the duration of an autograd call when the caller holds it. Eager torch.ops
+// calls arrive without it; torch.compile's tracer calls kernels while holding it, and the
+// autograd engine refuses to run then.
+class GilRelease {
+ public:
+  GilRelease() : state_(Py_IsInitialized() && PyGILState_Check() ? PyEval_SaveThread() : nullptr) {}
+  ~GilRelease() {
+    if (state_) PyEval_RestoreThread(state_);
+  }
+  GilRelease(const GilRelease&) = delete;
+  GilRelease& operator=(const GilRelease&) = delete;
+
+ private:
+  PyThreadState* state_;
+};
+
+diffops::Options opts(bool create_graph) { return diffops::Options().create_graph(create_graph); }
+
+using T = const at::Tensor&;
+
+at::Tensor gradient(T u, T x, bool cg) { GilRelease g; return diffops::gradient(u, x, opts(cg)); }
+at::Tensor jacobian(T v, T x, bool cg) { GilRelease g; return diffops::jacobian(v, x, opts(cg)); }
+at::Tensor directional_derivative(T u, T x, T direction, bool cg) {
+  GilRelease g;
+  return diffops::directional_derivative(u, x, direction, opts(cg));
+}
+at::Tensor divergence(T v, T x, bool cg) { GilRelease g; return diffops::divergence(v, x, opts(cg)); }
+at::Tensor curl(T v, T x, bool cg) { GilRelease g; return diffops::curl(v, x, opts(cg)); }
+at::Tensor laplacian(T u, T x, bool cg) { GilRelease g; return diffops::laplacian(u, x, opts(cg)); }
+at::Tensor hessian(T u, T x, bool cg) { GilRelease g; return diffops::hessian(u, x, opts(cg)); }
+at::Tensor partial(T u, T x, at::IntArrayRef index, bool cg) {
+  GilRelease g;
+  return diffops::partial(u, x, index, opts(cg));
+}
+at::Tensor derivative(T y, T x, int64_t order, bool cg) {
+  GilRelease g;
+  return diffops::derivative(y, x, order, opts(cg));
+}
+
+}  // namespace
+
+// Giving a plain function to m.def registers a CompositeImplicitAutograd kernel.
+TORCH_LIBRARY(diffops, m) {
+  m.def("gradient(Tensor u, Tensor x, *, bool create_graph=True) -> Tensor", &gradient);
+  m.def("jacobian(Tensor v, Tensor x, *, bool create_graph=True) -> Tensor", &jacobian);
+  m.def("directional_derivative(Tensor u, Tensor x, Tensor direction, *, bool create_graph=True)"
+        " -> Tensor", &directional_derivative);
+  m.def("divergence(Tensor v, Tensor x, *, bool create_graph=True) -> Tensor", &divergence);
+  m.def("curl(Tensor v, Tensor x, *, bool create_graph=True) -> Tensor", &curl);
+  m.def("laplacian(Tensor u, Tensor x, *, bool create_graph=True) -> Tensor", &laplacian);
+  m.def("hessian(Tensor u, Tensor x, *, bool create_graph=True) -> Tensor", &hessian);
+  m.def("partial(Tensor u, Tensor x, int[] index, *, bool create_graph=True) -> Tensor", &partial);
+  m.def("derivative(Tensor y, Tensor x, int order=1, *, bool create_graph=True) -> Tensor",
+        &derivative);
+}
+
+static PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C",
+                                 "diffops operators; importing it registers torch.ops.diffops.",
+                                 -1, nullptr};
+
+PyMODINIT_FUNC PyInit__C() { return PyModule_Create(&module_def); }

@@ -1,0 +1,299 @@
+r"""The diffops operators: thin typed wrappers over ``torch.ops.diffops``.
+
+Shapes: ``x`` is ``batch + (d,)``; a field ``u`` is ``batch + comp``. Points are independent:
+``u[n]`` may depend on ``x[n]`` only (no BatchNorm in train mode, attention across points or other
+coupling), which is what lets one product serve every point. Each docstring gives the cost in
+autograd products (reverse-mode vector-Jacobian products), independent of the number of points.
+
+Errors: bad arguments raise :class:`ValueError`; a broken graph (``u`` rebuilt with
+``torch.tensor([...])``, ``x`` not requiring grad, ``x`` not in ``u``'s graph, no-grad or inference
+mode) raises :class:`RuntimeError`; messages start with the operator's name. A derivative that is
+legitimately zero (the second derivative of a linear map) comes back as zeros.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+_ops = torch.ops.diffops
+
+
+def gradient(u: Tensor, x: Tensor, *, create_graph: bool = True) -> Tensor:
+    r"""Gradient :math:`\nabla u` of a field, per component.
+
+    .. math:: \text{result}[n, c, j] = \frac{\partial u_c(x_n)}{\partial x_{n,j}}
+
+    Not to be confused with :func:`torch.gradient`, which estimates derivatives of sampled values by
+    finite differences; this is the exact derivative of the computation that produced ``u``.
+
+    Args:
+        u: field of shape ``batch + comp`` computed from ``x``; ``u[n]`` depends on ``x[n]`` only.
+        x: points of shape ``batch + (d,)`` with ``requires_grad=True``.
+        create_graph: keep the result differentiable (to train on it or differentiate again).
+
+    Returns:
+        Tensor of shape ``u.shape + (d,)``. Cost: one product per scalar component of ``u``.
+
+    Raises:
+        ValueError: shapes, dtypes or devices of ``u`` and ``x`` do not fit.
+        RuntimeError: ``u`` is not connected to ``x`` by a graph.
+
+    Example:
+        >>> import torch, diffops
+        >>> x = torch.tensor([[1.0, 2.0], [3.0, -1.0]], requires_grad=True)
+        >>> u = x[:, 0] ** 2 * x[:, 1]          # u = x0² x1
+        >>> diffops.gradient(u, x).tolist()      # (2 x0 x1, x0²)
+        [[4.0, 1.0], [-6.0, 9.0]]
+        >>> f = lambda p: p[0] ** 2 * p[1]
+        >>> torch.equal(diffops.gradient(u, x), torch.func.vmap(torch.func.grad(f))(x))
+        True
+    """
+    return _ops.gradient(u, x, create_graph=create_graph)
+
+
+def jacobian(v: Tensor, x: Tensor, *, create_graph: bool = True) -> Tensor:
+    r"""Jacobian of a field: :math:`J_{ij} = \partial v_i / \partial x_j` at every point.
+
+    Args:
+        v: field of shape ``batch + comp`` computed from ``x``; ``v[n]`` depends on ``x[n]`` only.
+        x: points of shape ``batch + (d,)`` with ``requires_grad=True``.
+        create_graph: keep the result differentiable.
+
+    Returns:
+        Tensor of shape ``v.shape + (d,)`` with ``J[..., i, j] = ∂v_i/∂x_j``. Cost: one product per
+        scalar component of ``v`` (each yields a whole row).
+
+    Raises:
+        ValueError: shapes, dtypes or devices of ``v`` and ``x`` do not fit.
+        RuntimeError: ``v`` is not connected to ``x`` by a graph.
+
+    Example:
+        >>> import torch, diffops
+        >>> x = torch.tensor([[1.0, 2.0]], requires_grad=True)
+        >>> v = torch.stack([x[:, 0] * x[:, 1], x[:, 0] + 3 * x[:, 1]], dim=-1)
+        >>> diffops.jacobian(v, x).tolist()      # [[x1, x0], [1, 3]]
+        [[[2.0, 1.0], [1.0, 3.0]]]
+        >>> f = lambda p: torch.stack([p[0] * p[1], p[0] + 3 * p[1]])
+        >>> torch.equal(diffops.jacobian(v, x), torch.func.vmap(torch.func.jacrev(f))(x))
+        True
+    """
+    return _ops.jacobian(v, x, create_graph=create_graph)
+
+
+def directional_derivative(
+    u: Tensor, x: Tensor, direction: Tensor, *, create_graph: bool = True
+) -> Tensor:
+    r"""Directional derivative :math:`\nabla u \cdot w` per component (``w`` is not normalised).
+
+    Args:
+        u: field of shape ``batch + comp`` computed from ``x``; ``u[n]`` depends on ``x[n]`` only.
+        x: points of shape ``batch + (d,)`` with ``requires_grad=True``.
+        direction: ``w``, broadcastable to ``x``'s shape (one direction for all points, or one per
+            point, e.g. boundary normals).
+        create_graph: keep the result differentiable.
+
+    Returns:
+        Tensor of shape ``u.shape``. Cost: one product for a scalar field; two (a double-backward
+        Jacobian-vector product) for a field with any number of components.
+
+    Raises:
+        ValueError: shapes, dtypes or devices do not fit, or ``direction`` does not broadcast.
+        RuntimeError: ``u`` is not connected to ``x`` by a graph.
+
+    Example:
+        >>> import torch, diffops
+        >>> x = torch.tensor([[1.0, 2.0]], requires_grad=True)
+        >>> u = x[:, 0] ** 2 * x[:, 1]           # ∇u = (2 x0 x1, x0²) = (4, 1)
+        >>> diffops.directional_derivative(u, x, torch.tensor([0.5, 2.0])).tolist()
+        [4.0]
+    """
+    return _ops.directional_derivative(u, x, direction, create_graph=create_graph)
+
+
+def divergence(v: Tensor, x: Tensor, *, create_graph: bool = True) -> Tensor:
+    r"""Divergence :math:`\nabla\cdot v = \sum_i \partial v_i / \partial x_i` of a vector field.
+
+    Args:
+        v: vector field of shape ``batch + comp' + (d,)`` computed from ``x``; ``v[n]`` depends on
+            ``x[n]`` only. Leading component axes ``comp'`` hold several vector fields.
+        x: points of shape ``batch + (d,)`` with ``requires_grad=True``.
+        create_graph: keep the result differentiable.
+
+    Returns:
+        Tensor of shape ``v.shape[:-1]``. Cost: ``d`` products per vector field, each contributing
+        one diagonal Jacobian entry (the Jacobian is never stored).
+
+    Raises:
+        ValueError: ``v.shape[-1] != d``, or shapes, dtypes or devices do not fit.
+        RuntimeError: ``v`` is not connected to ``x`` by a graph.
+
+    Example:
+        >>> import torch, diffops
+        >>> x = torch.tensor([[1.0, 2.0, 3.0]], requires_grad=True)
+        >>> v = x * x                             # ∇·v = 2 (x0 + x1 + x2)
+        >>> diffops.divergence(v, x).tolist()
+        [12.0]
+        >>> f = lambda p: p * p
+        >>> torch.func.vmap(lambda p: torch.func.jacrev(f)(p).trace())(x).tolist()
+        [12.0]
+    """
+    return _ops.divergence(v, x, create_graph=create_graph)
+
+
+def curl(v: Tensor, x: Tensor, *, create_graph: bool = True) -> Tensor:
+    r"""Curl :math:`\nabla\times v` of a vector field in 3-D, or its scalar form in 2-D.
+
+    .. math::
+        d=3:\ (\partial_1 v_2 - \partial_2 v_1,\ \partial_2 v_0 - \partial_0 v_2,\
+        \partial_0 v_1 - \partial_1 v_0), \qquad d=2:\ \partial_0 v_1 - \partial_1 v_0
+
+    Args:
+        v: vector field of shape ``batch + comp' + (d,)``, ``d`` in {2, 3}; ``v[n]`` depends on
+            ``x[n]`` only.
+        x: points of shape ``batch + (d,)`` with ``requires_grad=True``.
+        create_graph: keep the result differentiable.
+
+    Returns:
+        Tensor of shape ``v.shape`` for ``d = 3``, ``v.shape[:-1]`` for ``d = 2``.
+        Cost: ``d`` products per vector field.
+
+    Raises:
+        ValueError: ``d`` not in {2, 3}, ``v.shape[-1] != d``, or shapes, dtypes, devices do not fit.
+        RuntimeError: ``v`` is not connected to ``x`` by a graph.
+
+    Example:
+        >>> import torch, diffops
+        >>> x = torch.tensor([[1.0, 2.0]], requires_grad=True)
+        >>> v = torch.stack([-x[:, 1], x[:, 0]], dim=-1)  # rigid rotation: curl = 2
+        >>> diffops.curl(v, x).tolist()
+        [2.0]
+    """
+    return _ops.curl(v, x, create_graph=create_graph)
+
+
+def laplacian(u: Tensor, x: Tensor, *, create_graph: bool = True) -> Tensor:
+    r"""Laplacian :math:`\Delta u = \sum_i \partial^2 u / \partial x_i^2`, per component.
+
+    For a vector field (``comp != ()``) this is the vector Laplacian, component by component.
+
+    Args:
+        u: field of shape ``batch + comp`` computed from ``x``; ``u[n]`` depends on ``x[n]`` only.
+        x: points of shape ``batch + (d,)`` with ``requires_grad=True``.
+        create_graph: keep the result differentiable (a PINN loss on it trains the network).
+
+    Returns:
+        Tensor of shape ``u.shape``. Cost: ``1 + d`` products per component; the Hessian is never
+        built, each second product contributes one diagonal entry.
+
+    Raises:
+        ValueError: shapes, dtypes or devices of ``u`` and ``x`` do not fit.
+        RuntimeError: ``u`` is not connected to ``x`` by a graph.
+
+    Example:
+        >>> import torch, diffops
+        >>> x = torch.tensor([[1.0, 2.0], [0.5, -1.0]], requires_grad=True)
+        >>> u = x[:, 0] ** 2 * x[:, 1]           # Δu = 2 x1
+        >>> diffops.laplacian(u, x).tolist()
+        [4.0, -2.0]
+        >>> f = lambda p: p[0] ** 2 * p[1]
+        >>> torch.func.vmap(lambda p: torch.func.hessian(f)(p).trace())(x).tolist()
+        [4.0, -2.0]
+    """
+    return _ops.laplacian(u, x, create_graph=create_graph)
+
+
+def hessian(u: Tensor, x: Tensor, *, create_graph: bool = True) -> Tensor:
+    r"""Hessian :math:`H_{ij} = \partial^2 u / \partial x_i \partial x_j`, per component.
+
+    Args:
+        u: field of shape ``batch + comp`` computed from ``x``; ``u[n]`` depends on ``x[n]`` only.
+        x: points of shape ``batch + (d,)`` with ``requires_grad=True``.
+        create_graph: keep the result differentiable.
+
+    Returns:
+        Tensor of shape ``u.shape + (d, d)``. Cost: ``1 + d`` products per component.
+
+    Raises:
+        ValueError: shapes, dtypes or devices of ``u`` and ``x`` do not fit.
+        RuntimeError: ``u`` is not connected to ``x`` by a graph.
+
+    Example:
+        >>> import torch, diffops
+        >>> x = torch.tensor([[1.0, 2.0]], requires_grad=True)
+        >>> u = x[:, 0] ** 2 * x[:, 1]           # H = [[2 x1, 2 x0], [2 x0, 0]]
+        >>> diffops.hessian(u, x).tolist()
+        [[[4.0, 2.0], [2.0, 0.0]]]
+        >>> f = lambda p: p[0] ** 2 * p[1]
+        >>> torch.equal(diffops.hessian(u, x), torch.func.vmap(torch.func.hessian(f))(x))
+        True
+    """
+    return _ops.hessian(u, x, create_graph=create_graph)
+
+
+def partial(u: Tensor, x: Tensor, index: int | Sequence[int], *, create_graph: bool = True) -> Tensor:
+    r"""Partial derivative of any order, given by a multi-index.
+
+    .. math:: \text{index} = (i_1, \dots, i_k):\quad
+        \frac{\partial^k u}{\partial x_{i_1} \cdots \partial x_{i_k}}
+
+    e.g. ``index=[0, 0, 1]`` is :math:`\partial^3 u / \partial x_0^2 \partial x_1`; ``index=1`` is
+    :math:`\partial u / \partial x_1`.
+
+    Args:
+        u: field of shape ``batch + comp`` computed from ``x``; ``u[n]`` depends on ``x[n]`` only.
+        x: points of shape ``batch + (d,)`` with ``requires_grad=True``.
+        index: one coordinate or a sequence of coordinates in ``[0, d)``, differentiated in order.
+        create_graph: keep the result differentiable.
+
+    Returns:
+        Tensor of shape ``u.shape``. Cost: ``k`` products per component.
+
+    Raises:
+        ValueError: empty or out-of-range index, or shapes, dtypes, devices do not fit.
+        RuntimeError: ``u`` is not connected to ``x`` by a graph.
+
+    Example:
+        >>> import torch, diffops
+        >>> x = torch.tensor([[1.0, 2.0]], requires_grad=True)
+        >>> u = x[:, 0] ** 3 * x[:, 1] ** 2      # ∂³u/∂x0²∂x1 = 12 x0 x1
+        >>> diffops.partial(u, x, [0, 0, 1]).tolist()
+        [24.0]
+    """
+    idx = [index] if isinstance(index, int) else list(index)
+    return _ops.partial(u, x, idx, create_graph=create_graph)
+
+
+def derivative(y: Tensor, x: Tensor, order: int = 1, *, create_graph: bool = True) -> Tensor:
+    r"""Per-element derivative :math:`g^{(n)}(x)` of an elementwise map :math:`y = g(x)`.
+
+    The Jacobian of an elementwise map is diagonal, so ONE product seeded with ones returns its
+    whole diagonal, i.e. every per-element derivative at once ("know your Jacobian"); each further
+    order costs one more product. This is only valid when ``y[i]`` depends on ``x[i]`` alone: for
+    maps that couple elements use :func:`gradient` or :func:`jacobian`.
+
+    Args:
+        y: ``g(x)`` computed elementwise, same shape as ``x``.
+        x: tensor of any shape with ``requires_grad=True``.
+        order: ``n >= 1``.
+        create_graph: keep the result differentiable.
+
+    Returns:
+        Tensor of shape ``x.shape``. Cost: ``order`` products.
+
+    Raises:
+        ValueError: ``y.shape != x.shape``, ``order < 1``, or dtypes, devices do not fit.
+        RuntimeError: ``y`` is not connected to ``x`` by a graph.
+
+    Example:
+        >>> import torch, diffops
+        >>> x = torch.tensor([0.0, 1.0, 2.0], requires_grad=True)
+        >>> y = x ** 3
+        >>> diffops.derivative(y, x).tolist(), diffops.derivative(y, x, 2).tolist()
+        ([0.0, 3.0, 12.0], [0.0, 6.0, 12.0])
+        >>> torch.func.vmap(torch.func.grad(torch.func.grad(lambda t: t ** 3)))(x).tolist()
+        [0.0, 6.0, 12.0]
+    """
+    return _ops.derivative(y, x, order, create_graph=create_graph)
