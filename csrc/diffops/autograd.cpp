@@ -4,13 +4,58 @@
 #include <c10/core/InferenceMode.h>
 #include <torch/csrc/autograd/autograd.h>
 
+#include <mutex>
+#include <unordered_map>
+
 namespace diffops::detail {
 namespace {
 
 bool is_real_floating(const at::Tensor& t) { return at::isFloatingType(t.scalar_type()); }
 
+// Tensors diffops returned, with the x they were differentiated by, held weakly: an entry dies
+// with its tensor and expired entries are swept as the table grows.
+class DerivedRegistry {
+ public:
+  void add(const at::Tensor& r, const at::Tensor& x) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (table_.size() >= sweep_at_) {
+      for (auto it = table_.begin(); it != table_.end();)
+        it = it->second.result.expired() ? table_.erase(it) : std::next(it);
+      sweep_at_ = 2 * table_.size() + 64;
+    }
+    table_.insert_or_assign(r.unsafeGetTensorImpl(),
+                            Entry{Weak(r.getIntrusivePtr()), Weak(x.getIntrusivePtr())});
+  }
+  // Whether u, or the tensor u is a view of, was returned by diffops as a derivative by x.
+  bool contains(const at::Tensor& u, const at::Tensor& x) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    for (const at::TensorBase* t = &u; t->defined();) {
+      auto it = table_.find(t->unsafeGetTensorImpl());
+      if (it != table_.end() && it->second.result.lock().get() == t->unsafeGetTensorImpl())
+        return it->second.x.lock().get() == x.unsafeGetTensorImpl();
+      if (!t->is_view()) break;
+      t = &t->_base();
+    }
+    return false;
+  }
+
+ private:
+  using Weak = c10::weak_intrusive_ptr<c10::TensorImpl>;
+  struct Entry {
+    Weak result, x;
+  };
+  std::mutex mutex_;
+  std::unordered_map<const c10::TensorImpl*, Entry> table_;
+  size_t sweep_at_ = 64;
+};
+
+DerivedRegistry& derived_registry() {
+  static DerivedRegistry registry;
+  return registry;
+}
+
 void check_tensors(const char* op, const char* u_name, const at::Tensor& u, const at::Tensor& x,
-                   bool grad_enabled) {
+                   bool grad_enabled, bool derived) {
   TORCH_CHECK_VALUE(u.defined(), op, ": ", u_name, " is an undefined tensor");
   TORCH_CHECK_VALUE(x.defined(), op, ": x is an undefined tensor");
   TORCH_CHECK_VALUE(is_real_floating(x), op, ": x must have a real floating dtype, got ",
@@ -33,7 +78,7 @@ void check_tensors(const char* op, const char* u_name, const at::Tensor& u, cons
               ": x does not require grad, so nothing computed from it has a graph to "
               "differentiate; call x.requires_grad_() before computing ",
               u_name, " from x");
-  if (!u.requires_grad()) {
+  if (!u.requires_grad() && !derived) {
     TORCH_CHECK(!u.is_inference(), op, ": ", u_name,
                 " was computed under torch.inference_mode() and has no graph; compute it with "
                 "autograd enabled");
@@ -61,7 +106,9 @@ at::Tensor raw_vjp(const at::Tensor& out, const at::Tensor& x, const at::Tensor&
 Field::Field(const char* op_, const at::Tensor& u_, const at::Tensor& x_, Layout layout,
              const char* u_name_)
     : op(op_), u_name(u_name_), u(u_), x(x_), grad_enabled_at_call_(c10::GradMode::is_enabled()) {
-  check_tensors(op, u_name, u, x, grad_enabled_at_call_);
+  // A derivative diffops computed by this x may have lost its graph legitimately (a constant).
+  derived_ = u.defined() && x.defined() && derived_registry().contains(u, x);
+  check_tensors(op, u_name, u, x, grad_enabled_at_call_, derived_);
   if (layout == Layout::elementwise) {
     TORCH_CHECK_VALUE(u.sizes() == x.sizes(), op, ": ", u_name, " has shape ",
                       u.sizes(), " but x has shape ", x.sizes(), "; ", op,
@@ -83,7 +130,7 @@ Field::Field(const char* op_, const at::Tensor& u_, const at::Tensor& x_, Layout
   TORCH_CHECK_VALUE(leading_match, op, ": ", u_name, " has shape ", u.sizes(),
                     " but x has shape ", x.sizes(), ": ", u_name,
                     "'s leading axes must equal x's batch axes ",
-                    shape_str(x.sizes().slice(0, nb)), " (", u_name,
+                    x.sizes().slice(0, nb), " (", u_name,
                     "[n] is the field at point x[n]; for a single point pass x of shape (d,))");
   batch = x.sizes().slice(0, nb).vec();
   comp = u.sizes().slice(nb).vec();
@@ -91,6 +138,7 @@ Field::Field(const char* op_, const at::Tensor& u_, const at::Tensor& x_, Layout
 }
 
 at::Tensor Field::vjp_field(const at::Tensor& v, bool create_graph) const {
+  if (derived_) return vjp(u, v, create_graph);
   auto g = raw_vjp(u, x, v, create_graph);
   TORCH_CHECK(g.defined(), op, ": x is not in the graph of ", u_name, ": ", u_name,
               " was computed from other tensors. Pass the very tensor ", u_name,
@@ -107,6 +155,11 @@ at::Tensor Field::vjp(const at::Tensor& out, const at::Tensor& v, bool create_gr
   if (!out.requires_grad()) return at::zeros_like(x);
   auto g = raw_vjp(out, x, v, create_graph);
   return g.defined() ? g : at::zeros_like(x);
+}
+
+at::Tensor Field::result(at::Tensor r) const {
+  derived_registry().add(r, x);
+  return r;
 }
 
 at::Tensor Field::component_seed(int64_t c) const {

@@ -43,6 +43,10 @@ class Field {
   at::Tensor stack(const std::vector<at::Tensor>& parts, std::vector<int64_t> after_batch) const;
   // comp + tail, the usual `after_batch` of a per-component result.
   std::vector<int64_t> comp_and(std::initializer_list<int64_t> tail) const;
+  // Every operator returns through here: remembers (weakly) that `r` is a derivative of a field
+  // with respect to x, so that a later call on r — divergence(gradient(u, x), x) — knows that an r
+  // cut off from x is a legitimately zero derivative (of a linear map), not a broken graph.
+  at::Tensor result(at::Tensor r) const;
   // create_graph for the products that produce the result: the caller's wish, unless the caller
   // runs with gradients disabled (then, as for every torch op under no_grad, no graph is kept).
   bool keep(bool create_graph) const { return create_graph && grad_enabled_at_call_; }
@@ -56,6 +60,7 @@ class Field {
 
  private:
   bool grad_enabled_at_call_;
+  bool derived_ = false;  // u is a derivative diffops computed with respect to this x
   c10::AutoGradMode grad_guard_{true};
 };
 

@@ -30,7 +30,7 @@ at::Tensor divergence(const at::Tensor& v, const at::Tensor& x, const Options& o
     }
     parts.push_back(sum);
   }
-  return f.stack(parts, outer);
+  return f.result(f.stack(parts, outer));
 }
 
 at::Tensor curl(const at::Tensor& v, const at::Tensor& x, const Options& options) {
@@ -40,8 +40,9 @@ at::Tensor curl(const at::Tensor& v, const at::Tensor& x, const Options& options
   vector_field_comp(f);
   auto J = detail::jacobian_of(f, options.create_graph());  // batch + comp' + (d, d)
   auto dj = [&](int64_t i, int64_t j) { return J.select(-2, i).select(-1, j); };  // ∂v_i/∂x_j
-  if (f.d == 2) return dj(1, 0) - dj(0, 1);
-  return at::stack({dj(2, 1) - dj(1, 2), dj(0, 2) - dj(2, 0), dj(1, 0) - dj(0, 1)}, -1);
+  if (f.d == 2) return f.result(dj(1, 0) - dj(0, 1));
+  return f.result(
+      at::stack({dj(2, 1) - dj(1, 2), dj(0, 2) - dj(2, 0), dj(1, 0) - dj(0, 1)}, -1));
 }
 
 }  // namespace diffops

@@ -9,12 +9,12 @@ namespace diffops {
 
 at::Tensor gradient(const at::Tensor& u, const at::Tensor& x, const Options& options) {
   detail::Field f("gradient", u, x);
-  return detail::jacobian_of(f, options.create_graph());
+  return f.result(detail::jacobian_of(f, options.create_graph()));
 }
 
 at::Tensor jacobian(const at::Tensor& v, const at::Tensor& x, const Options& options) {
   detail::Field f("jacobian", v, x, detail::Layout::pointwise, "v");
-  return detail::jacobian_of(f, options.create_graph());
+  return f.result(detail::jacobian_of(f, options.create_graph()));
 }
 
 at::Tensor directional_derivative(const at::Tensor& u, const at::Tensor& x,
@@ -38,7 +38,7 @@ at::Tensor directional_derivative(const at::Tensor& u, const at::Tensor& x,
   const bool keep = f.keep(options.create_graph());
   const auto dir = direction.expand(x.sizes());  // batch + (d,)
   if (f.components == 1) {
-    return (f.vjp_field(f.component_seed(0), keep) * dir).sum(-1).reshape(u.sizes());
+    return f.result((f.vjp_field(f.component_seed(0), keep) * dir).sum(-1).reshape(u.sizes()));
   }
   // J·dir for all components at once: w ↦ Jᵀw is linear in w, and differentiating
   // <Jᵀw, dir> with respect to w gives J·dir (the double-backward JVP).
@@ -46,7 +46,7 @@ at::Tensor directional_derivative(const at::Tensor& u, const at::Tensor& x,
   auto jt_w = f.vjp_field(w, /*create_graph=*/true);  // batch + (d,)
   auto jv = torch::autograd::grad({jt_w}, {w}, {dir}, /*retain_graph=*/true, keep,
                                   /*allow_unused=*/true)[0];
-  return jv.defined() ? jv : at::zeros_like(u);
+  return f.result(jv.defined() ? jv : at::zeros_like(u));
 }
 
 }  // namespace diffops

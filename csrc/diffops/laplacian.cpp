@@ -19,7 +19,7 @@ at::Tensor laplacian(const at::Tensor& u, const at::Tensor& x, const Options& op
     }
     parts.push_back(sum);
   }
-  return f.stack(parts, f.comp);
+  return f.result(f.stack(parts, f.comp));
 }
 
 at::Tensor hessian(const at::Tensor& u, const at::Tensor& x, const Options& options) {
@@ -32,7 +32,7 @@ at::Tensor hessian(const at::Tensor& u, const at::Tensor& x, const Options& opti
     for (int64_t i = 0; i < f.d; ++i) rows.push_back(f.vjp(g, f.coordinate_seed(i), keep));
     parts.push_back(at::stack(rows, -2));  // batch + (d, d)
   }
-  return f.stack(parts, f.comp_and({f.d, f.d}));
+  return f.result(f.stack(parts, f.comp_and({f.d, f.d})));
 }
 
 }  // namespace diffops

@@ -22,7 +22,7 @@ at::Tensor partial(const at::Tensor& u, const at::Tensor& x, at::IntArrayRef ind
       cur = f.vjp(cur, at::ones_like(cur), k + 1 == order ? keep : true).select(-1, index[k]);
     parts.push_back(cur);
   }
-  return f.stack(parts, f.comp);
+  return f.result(f.stack(parts, f.comp));
 }
 
 at::Tensor partial(const at::Tensor& u, const at::Tensor& x, int64_t index,
@@ -37,7 +37,7 @@ at::Tensor derivative(const at::Tensor& y, const at::Tensor& x, int64_t order,
   const bool keep = f.keep(options.create_graph());
   auto cur = f.vjp_field(at::ones_like(y), order == 1 ? keep : true);
   for (int64_t k = 2; k <= order; ++k) cur = f.vjp(cur, at::ones_like(cur), k == order ? keep : true);
-  return cur;
+  return f.result(cur);
 }
 
 }  // namespace diffops
