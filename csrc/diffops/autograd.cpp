@@ -23,18 +23,18 @@ class DerivedRegistry {
         it = it->second.result.expired() ? table_.erase(it) : std::next(it);
       sweep_at_ = 2 * table_.size() + 64;
     }
-    table_.insert_or_assign(r.unsafeGetTensorImpl(),
-                            Entry{Weak(r.getIntrusivePtr()), Weak(x.getIntrusivePtr())});
+    // Views of r resolve _base() to r's own base when r is a view (a reshape): remember both.
+    for (const at::TensorBase* t : {static_cast<const at::TensorBase*>(&r), r.is_view() ? &r._base() : &r})
+      table_.insert_or_assign(t->unsafeGetTensorImpl(),
+                              Entry{Weak(t->getIntrusivePtr()), Weak(x.getIntrusivePtr())});
   }
   // Whether u, or the tensor u is a view of, was returned by diffops as a derivative by x.
   bool contains(const at::Tensor& u, const at::Tensor& x) {
     std::lock_guard<std::mutex> lock(mutex_);
-    for (const at::TensorBase* t = &u; t->defined();) {
+    for (const at::TensorBase* t : {static_cast<const at::TensorBase*>(&u), u.is_view() ? &u._base() : &u}) {
       auto it = table_.find(t->unsafeGetTensorImpl());
       if (it != table_.end() && it->second.result.lock().get() == t->unsafeGetTensorImpl())
         return it->second.x.lock().get() == x.unsafeGetTensorImpl();
-      if (!t->is_view()) break;
-      t = &t->_base();
     }
     return false;
   }
