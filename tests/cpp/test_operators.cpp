@@ -1,0 +1,206 @@
+// The C++ mirror of tests/test_exact.py and tests/test_errors.py: analytic fields at dyadic points
+// asserted with torch::equal in float32 and float64, and the error diagnostics.
+
+#include <diffops/diffops.h>
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <string>
+
+namespace {
+
+using torch::Tensor;
+
+const std::vector<double> kP2 = {1.0, 2.0, 0.5, -1.5, -2.0, 0.25, 0.75, 0.0};
+const std::vector<double> kP3 = {1.0, 2.0, -0.5, 0.5, -1.5, 2.0, -2.0, 0.25, 1.0, 0.0, 0.75, -1.25};
+
+Tensor points(const std::vector<double>& p, int64_t d, torch::Dtype dtype) {
+  return torch::tensor(p, torch::dtype(torch::kFloat64))
+      .reshape({-1, d})
+      .to(dtype)
+      .requires_grad_();
+}
+
+Tensor col(const Tensor& x, int64_t i) { return x.select(-1, i); }
+
+// u = x0² x1 + 3 x1³
+Tensor f1(const Tensor& x) { return col(x, 0).pow(2) * col(x, 1) + 3 * col(x, 1).pow(3); }
+// F = (x0 x1, x1 x2, x2 x0)
+Tensor F3(const Tensor& x) {
+  return torch::stack({col(x, 0) * col(x, 1), col(x, 1) * col(x, 2), col(x, 2) * col(x, 0)}, -1);
+}
+// G = (x1² x2, x0 x2², x0² x1)
+Tensor G3(const Tensor& x) {
+  return torch::stack({col(x, 1).pow(2) * col(x, 2), col(x, 0) * col(x, 2).pow(2),
+                       col(x, 0).pow(2) * col(x, 1)},
+                      -1);
+}
+
+class Exact : public ::testing::TestWithParam<torch::Dtype> {};
+
+TEST_P(Exact, GradientLaplacianHessianPartials) {
+  auto x = points(kP2, 2, GetParam());
+  auto u = f1(x);
+  auto a = x.detach();
+  auto a0 = col(a, 0), a1 = col(a, 1);
+  EXPECT_TRUE(torch::equal(diffops::gradient(u, x),
+                           torch::stack({2 * a0 * a1, a0.pow(2) + 9 * a1.pow(2)}, -1)));
+  EXPECT_TRUE(torch::equal(diffops::laplacian(u, x), 2 * a1 + 18 * a1));
+  EXPECT_TRUE(torch::equal(
+      diffops::hessian(u, x),
+      torch::stack({torch::stack({2 * a1, 2 * a0}, -1), torch::stack({2 * a0, 18 * a1}, -1)}, -2)));
+  EXPECT_TRUE(torch::equal(diffops::partial(u, x, 0), 2 * a0 * a1));
+  EXPECT_TRUE(torch::equal(diffops::partial(u, x, {1, 1}), 18 * a1));
+  EXPECT_TRUE(torch::equal(diffops::partial(u, x, {0, 0, 1}), torch::full_like(a0, 2)));
+  EXPECT_TRUE(torch::equal(diffops::partial(u, x, {1, 1, 1, 1}), torch::zeros_like(a0)));
+  auto w = torch::tensor({0.5, -2.0}, torch::dtype(GetParam()));
+  EXPECT_TRUE(torch::equal(diffops::directional_derivative(u, x, w),
+                           0.5 * (2 * a0 * a1) - 2 * (a0.pow(2) + 9 * a1.pow(2))));
+}
+
+TEST_P(Exact, VectorCalculus) {
+  auto x = points(kP3, 3, GetParam());
+  auto a = x.detach();
+  auto a0 = col(a, 0), a1 = col(a, 1), a2 = col(a, 2);
+  EXPECT_TRUE(torch::equal(diffops::divergence(F3(x), x), a1 + a2 + a0));
+  EXPECT_TRUE(torch::equal(diffops::curl(F3(x), x), -torch::stack({a1, a2, a0}, -1)));
+  EXPECT_TRUE(torch::equal(diffops::laplacian(G3(x), x), torch::stack({2 * a2, 2 * a0, 2 * a1}, -1)));
+  EXPECT_TRUE(torch::equal(diffops::jacobian(x, x), torch::eye(3, a.options()).expand({4, 3, 3})));
+  auto z = torch::zeros_like(a0);
+  EXPECT_TRUE(torch::equal(diffops::jacobian(F3(x), x),
+                           torch::stack({torch::stack({a1, a0, z}, -1), torch::stack({z, a2, a1}, -1),
+                                         torch::stack({a2, z, a0}, -1)},
+                                        -2)));
+  auto w = torch::tensor({1.0, 2.0, -1.0}, torch::dtype(GetParam()));
+  EXPECT_TRUE(torch::equal(diffops::directional_derivative(F3(x), x, w),
+                           torch::stack({a1 + 2 * a0, 2 * a2 - a1, a2 - a0}, -1)));
+  // 2-D curl is a scalar
+  auto p = points(kP2, 2, GetParam());
+  auto v = torch::stack({-col(p, 1) * col(p, 0), col(p, 0).pow(2)}, -1);
+  EXPECT_TRUE(torch::equal(diffops::curl(v, p), 3 * col(p.detach(), 0)));
+}
+
+TEST_P(Exact, Identities) {
+  auto x = points(kP3, 3, GetParam());
+  auto f = col(x, 0).pow(2) * col(x, 1) * col(x, 2) + col(x, 1).pow(3);
+  auto zeros3 = torch::zeros({4, 3}, x.options().requires_grad(false));
+  EXPECT_TRUE(torch::equal(diffops::curl(diffops::gradient(f, x), x), zeros3));
+  EXPECT_TRUE(torch::equal(diffops::divergence(diffops::curl(G3(x), x), x), zeros3.select(-1, 0)));
+  auto lap = diffops::laplacian(f, x);
+  auto H = diffops::hessian(f, x);
+  EXPECT_TRUE(torch::equal(lap, diffops::divergence(diffops::gradient(f, x), x)));
+  EXPECT_TRUE(torch::equal(lap, H.diagonal(0, -2, -1).sum(-1)));
+}
+
+TEST_P(Exact, ElementwiseDerivatives) {
+  auto x = (torch::arange(-7, 8, torch::dtype(GetParam())) / 4).requires_grad_();
+  auto a = x.detach();
+  auto s = torch::sin(x);
+  EXPECT_TRUE(torch::equal(diffops::derivative(s, x), torch::cos(a)));
+  EXPECT_TRUE(torch::equal(diffops::derivative(s, x, 2), -torch::sin(a)));
+  EXPECT_TRUE(torch::equal(diffops::derivative(s, x, 3), -torch::cos(a)));
+  auto c = x.pow(3);
+  EXPECT_TRUE(torch::equal(diffops::derivative(c, x), 3 * a.pow(2)));
+  EXPECT_TRUE(torch::equal(diffops::derivative(c, x, 2), 6 * a));
+  EXPECT_TRUE(torch::equal(diffops::derivative(c, x, 4), torch::zeros_like(a)));
+}
+
+INSTANTIATE_TEST_SUITE_P(Dtypes, Exact, ::testing::Values(torch::kFloat32, torch::kFloat64),
+                         [](const auto& info) {
+                           return info.param == torch::kFloat32 ? "f32" : "f64";
+                         });
+
+TEST(Graph, CreateGraphOption) {
+  auto x = points(kP2, 2, torch::kFloat64);
+  auto u = f1(x);
+  auto lap = diffops::laplacian(u, x);
+  EXPECT_TRUE(lap.requires_grad());
+  EXPECT_FALSE(diffops::laplacian(u, x, diffops::Options().create_graph(false)).requires_grad());
+  EXPECT_TRUE(torch::equal(diffops::partial(lap, x, 1), torch::full({4}, 20.0, torch::kFloat64)));
+}
+
+TEST(Graph, LinearNetworkSecondDerivativesAreZeros) {
+  torch::nn::Linear net(3, 2);
+  net->to(torch::kFloat64);
+  auto x = torch::randn({5, 3}, torch::kFloat64).requires_grad_();
+  auto u = net(x);
+  EXPECT_TRUE(torch::equal(diffops::laplacian(u, x), torch::zeros({5, 2}, torch::kFloat64)));
+  EXPECT_TRUE(torch::equal(diffops::hessian(u, x), torch::zeros({5, 2, 3, 3}, torch::kFloat64)));
+  auto g = diffops::gradient(u.select(1, 0), x);
+  EXPECT_TRUE(torch::equal(diffops::divergence(g, x), torch::zeros({5}, torch::kFloat64)));
+}
+
+// Error diagnostics: (what, call, expected exception kind, message prefix)
+struct ErrorCase {
+  std::string name;
+  std::function<void()> call;
+  bool value_error;
+  std::string prefix;
+};
+
+Tensor px() { return points({1.0, 2.0, 0.5, -1.5}, 2, torch::kFloat64); }
+Tensor field(const Tensor& x) { return col(x, 0).pow(2) * col(x, 1); }
+
+std::vector<ErrorCase> error_cases() {
+  auto opts = torch::dtype(torch::kFloat64);
+  return {
+      {"rebuilt", [] { auto x = px(); auto u = field(x);
+          diffops::gradient(torch::tensor({u[0].item<double>(), u[1].item<double>()}, torch::kFloat64), x); },
+       false, "gradient: u has no grad_fn"},
+      {"detached", [] { auto x = px(); diffops::laplacian(field(x).detach(), x); }, false,
+       "laplacian: u has no grad_fn"},
+      {"no_grad", [] { auto x = px(); Tensor u; { torch::NoGradGuard g; u = field(x); }
+          diffops::hessian(u, x); }, false, "hessian: u has no grad_fn"},
+      {"slice", [] { auto x = px(); diffops::gradient(field(x), x.slice(1, 0, 1)); }, false,
+       "gradient: x is not in the graph of u"},
+      {"recreated", [] { auto x = px(); diffops::laplacian(field(x), x.detach().clone().requires_grad_()); },
+       false, "laplacian: x is not in the graph of u"},
+      {"x_without_grad", [opts] { auto x = torch::ones({2, 3}, opts); diffops::divergence(x * x, x); },
+       false, "divergence: x does not require grad"},
+      {"inference_mode", [] { auto x = px(); auto u = field(x); c10::InferenceMode guard;
+          diffops::laplacian(u, x); }, false, "laplacian: called inside torch.inference_mode()"},
+      {"integer_x", [] { diffops::gradient(torch::ones({2}), torch::ones({2, 2}, torch::kInt64)); },
+       true, "gradient: x must have a real floating dtype"},
+      {"dtype_mismatch", [] { auto x = px(); diffops::laplacian(field(x).to(torch::kFloat32), x); },
+       true, "laplacian: dtype mismatch"},
+      {"device_mismatch", [] { auto x = px(); diffops::gradient(field(x).to(torch::kMeta), x); },
+       true, "gradient: device mismatch"},
+      {"batch_mismatch", [] { auto x = px(); diffops::laplacian(field(x).repeat({2}), x); }, true,
+       "laplacian: u has shape [4] but x has shape [2, 2]"},
+      {"scalar_x", [opts] { auto x = torch::tensor(2.0, opts).requires_grad_(); diffops::gradient(x.pow(3), x); },
+       true, "gradient: x is a 0-dim tensor"},
+      {"index_range", [] { auto x = px(); diffops::partial(field(x), x, {0, 2}); }, true,
+       "partial: index [0, 2] names coordinate 2"},
+      {"index_empty", [] { auto x = px(); diffops::partial(field(x), x, at::IntArrayRef{}); }, true,
+       "partial: index is empty"},
+      {"order_zero", [opts] { auto x = torch::tensor(2.0, opts).requires_grad_();
+          diffops::derivative(x.pow(3), x, 0); }, true, "derivative: order must be at least 1"},
+      {"curl_d4", [opts] { auto x = torch::ones({2, 4}, opts).requires_grad_(); diffops::curl(x * x, x); },
+       true, "curl: defined for d = 2 or d = 3"},
+      {"divergence_components", [] { auto x = px();
+          diffops::divergence(torch::stack({col(x, 0), col(x, 1), col(x, 0)}, -1), x); },
+       true, "divergence: v has shape [2, 3]"},
+      {"derivative_shape", [] { auto x = px(); diffops::derivative(field(x), x); }, true,
+       "derivative: y has shape [2] but x has shape [2, 2]"},
+      {"direction_shape", [opts] { auto x = px(); diffops::directional_derivative(field(x), x, torch::ones({3}, opts)); },
+       true, "directional_derivative: direction of shape [3] does not broadcast"},
+  };
+}
+
+TEST(Errors, NameOperatorArgumentAndCause) {
+  for (const auto& c : error_cases()) {
+    SCOPED_TRACE(c.name);
+    try {
+      c.call();
+      ADD_FAILURE() << "no exception";
+    } catch (const c10::ValueError& e) {
+      EXPECT_TRUE(c.value_error) << "ValueError for a broken graph: " << e.what_without_backtrace();
+      EXPECT_EQ(std::string(e.what_without_backtrace()).rfind(c.prefix, 0), 0u) << e.what_without_backtrace();
+    } catch (const c10::Error& e) {
+      EXPECT_FALSE(c.value_error) << "c10::Error for a bad argument: " << e.what_without_backtrace();
+      EXPECT_EQ(std::string(e.what_without_backtrace()).rfind(c.prefix, 0), 0u) << e.what_without_backtrace();
+    }
+  }
+}
+
+}  // namespace
