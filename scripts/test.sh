@@ -22,7 +22,10 @@ python -m pytest
 prefix=$(python -c "import diffops; print(diffops.cmake_prefix_path)")
 for project in tests/cpp examples; do
   build="build/$(echo "$project" | tr / -)"
-  cmake -S "$project" -B "$build" -G Ninja -DCMAKE_PREFIX_PATH="$prefix" -Wno-dev >/dev/null
+  mkdir -p build
+  # configure output (torch's CMake warns about optional parts it lacks) only shows on failure
+  cmake -S "$project" -B "$build" -G Ninja -DCMAKE_PREFIX_PATH="$prefix" >"$build.log" 2>&1 ||
+    { cat "$build.log"; exit 1; }
   cmake --build "$build"
   ctest --test-dir "$build" --output-on-failure
 done
