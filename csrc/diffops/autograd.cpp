@@ -152,9 +152,14 @@ at::Tensor Field::vjp_field(const at::Tensor& v, bool create_graph) const {
 }
 
 at::Tensor Field::vjp(const at::Tensor& out, const at::Tensor& v, bool create_graph) const {
-  if (!out.requires_grad()) return at::zeros_like(x);
-  auto g = raw_vjp(out, x, v, create_graph);
-  return g.defined() ? g : at::zeros_like(x);
+  return vjp_or_zeros(out, x, v, create_graph);
+}
+
+at::Tensor vjp_or_zeros(const at::Tensor& out, const at::Tensor& input, const at::Tensor& v,
+                        bool create_graph) {
+  if (!out.requires_grad()) return at::zeros_like(input);
+  auto g = raw_vjp(out, input, v, create_graph);
+  return g.defined() ? g : at::zeros_like(input);
 }
 
 at::Tensor Field::result(at::Tensor r) const {

@@ -64,6 +64,11 @@ class Field {
   c10::AutoGradMode grad_guard_{true};
 };
 
+// v^T (d out/d input) for any input (diffops' own auxiliary tensors); zeros of input's shape when
+// out does not depend on it.
+at::Tensor vjp_or_zeros(const at::Tensor& out, const at::Tensor& input, const at::Tensor& v,
+                        bool create_graph);
+
 // The Jacobian J[..., i, j] = ∂u_i/∂x_j of f's field, shape batch + comp + (d,): one product per
 // component. Shared by jacobian, gradient and curl.
 at::Tensor jacobian_of(const Field& f, bool create_graph);

@@ -1,7 +1,6 @@
 #include "diffops/gradient.h"
 
 #include <ATen/ATen.h>
-#include <torch/csrc/autograd/autograd.h>
 
 #include "diffops/autograd.h"
 
@@ -44,9 +43,7 @@ at::Tensor directional_derivative(const at::Tensor& u, const at::Tensor& x,
   // <Jᵀw, dir> with respect to w gives J·dir (the double-backward JVP).
   auto w = at::zeros(u.sizes(), u.options()).requires_grad_();
   auto jt_w = f.vjp_field(w, /*create_graph=*/true);  // batch + (d,)
-  auto jv = torch::autograd::grad({jt_w}, {w}, {dir}, /*retain_graph=*/true, keep,
-                                  /*allow_unused=*/true)[0];
-  return f.result(jv.defined() ? jv : at::zeros_like(u));
+  return f.result(detail::vjp_or_zeros(jt_w, w, dir, keep));
 }
 
 }  // namespace diffops
