@@ -4,6 +4,7 @@
 #include <c10/core/InferenceMode.h>
 #include <torch/csrc/autograd/autograd.h>
 
+#include <array>
 #include <mutex>
 #include <unordered_map>
 
@@ -24,14 +25,14 @@ class DerivedRegistry {
       sweep_at_ = 2 * table_.size() + 64;
     }
     // Views of r resolve _base() to r's own base when r is a view (a reshape): remember both.
-    for (const at::TensorBase* t : {static_cast<const at::TensorBase*>(&r), r.is_view() ? &r._base() : &r})
+    for (const at::TensorBase* t : self_and_base(r))
       table_.insert_or_assign(t->unsafeGetTensorImpl(),
                               Entry{Weak(t->getIntrusivePtr()), Weak(x.getIntrusivePtr())});
   }
   // Whether u, or the tensor u is a view of, was returned by diffops as a derivative by x.
   bool contains(const at::Tensor& u, const at::Tensor& x) {
     std::lock_guard<std::mutex> lock(mutex_);
-    for (const at::TensorBase* t : {static_cast<const at::TensorBase*>(&u), u.is_view() ? &u._base() : &u}) {
+    for (const at::TensorBase* t : self_and_base(u)) {
       auto it = table_.find(t->unsafeGetTensorImpl());
       if (it != table_.end() && it->second.result.lock().get() == t->unsafeGetTensorImpl())
         return it->second.x.lock().get() == x.unsafeGetTensorImpl();
@@ -41,6 +42,9 @@ class DerivedRegistry {
 
  private:
   using Weak = c10::weak_intrusive_ptr<c10::TensorImpl>;
+  static std::array<const at::TensorBase*, 2> self_and_base(const at::TensorBase& t) {
+    return {&t, t.is_view() ? &t._base() : &t};
+  }
   struct Entry {
     Weak result, x;
   };
@@ -95,9 +99,9 @@ void check_tensors(const char* op, const char* u_name, const at::Tensor& u, cons
 }
 
 // v^T (d out/dx), retaining the graph so the caller's u stays differentiable after the call.
-at::Tensor raw_vjp(const at::Tensor& out, const at::Tensor& x, const at::Tensor& v,
+at::Tensor raw_vjp(const at::Tensor& out, const at::Tensor& input, const at::Tensor& v,
                    bool create_graph) {
-  return torch::autograd::grad({out}, {x}, {v}, /*retain_graph=*/true, create_graph,
+  return torch::autograd::grad({out}, {input}, {v}, /*retain_graph=*/true, create_graph,
                                /*allow_unused=*/true)[0];
 }
 
