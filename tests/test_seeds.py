@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import diffops
+import diffops._derivatives
 import diffops._ops
 
 
@@ -128,6 +129,7 @@ def test_intro_rebuilt_tensor_loses_graph_and_stack_keeps_it():
     assert J.tolist() == [[4.0, 1.0], [3.0, 48.0]]  # [[4 x0, 1], [3, 12 x1²]]
 
 
-def test_docstring_examples():
-    result = doctest.testmod(diffops._ops, optionflags=doctest.ELLIPSIS)
-    assert result.attempted >= 9 and result.failed == 0
+@pytest.mark.parametrize("module", [diffops._ops, diffops._derivatives], ids=lambda m: m.__name__)
+def test_docstring_examples(module):
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+    assert result.attempted >= 5 and result.failed == 0

@@ -58,30 +58,28 @@ DerivedRegistry& derived_registry() {
   return registry;
 }
 
-void check_tensors(const char* op, const char* u_name, const at::Tensor& u, const at::Tensor& x,
-                   bool grad_enabled, bool derived) {
-  TORCH_CHECK_VALUE(u.defined(), op, ": ", u_name, " is an undefined tensor");
-  TORCH_CHECK_VALUE(x.defined(), op, ": x is an undefined tensor");
-  TORCH_CHECK_VALUE(is_real_floating(x), op, ": x must have a real floating dtype, got ",
+void check_input(const char* op, const char* u_name, const at::Tensor& u, const at::Tensor& x,
+                 const std::string& x_name) {
+  const char* xn = x_name.c_str();
+  TORCH_CHECK_VALUE(x.defined(), op, ": ", xn, " is an undefined tensor");
+  TORCH_CHECK_VALUE(is_real_floating(x), op, ": ", xn, " must have a real floating dtype, got ",
                     x.scalar_type());
-  TORCH_CHECK_VALUE(is_real_floating(u), op, ": ", u_name,
-                    " must have a real floating dtype, got ", u.scalar_type());
   TORCH_CHECK_VALUE(u.scalar_type() == x.scalar_type(), op, ": dtype mismatch: ", u_name, " is ",
-                    u.scalar_type(), " but x is ", x.scalar_type(),
+                    u.scalar_type(), " but ", xn, " is ", x.scalar_type(),
                     "; compute the field in the dtype of its points");
   TORCH_CHECK_VALUE(u.device() == x.device(), op, ": device mismatch: ", u_name, " is on ",
-                    u.device(), " but x is on ", x.device());
+                    u.device(), " but ", xn, " is on ", x.device());
+  TORCH_CHECK(!x.is_inference(), op, ": ", xn,
+              " is an inference tensor (created under torch.inference_mode()) and can never "
+              "require grad; create it outside inference mode");
+  TORCH_CHECK(x.requires_grad(), op, ": ", xn,
+              " does not require grad, so nothing computed from it has a graph to "
+              "differentiate; call ", xn, ".requires_grad_() before computing ", u_name,
+              " from it");
+}
 
-  TORCH_CHECK(!c10::InferenceMode::is_enabled(), op,
-              ": called inside torch.inference_mode(), where autograd is off; compute ", u_name,
-              " and its derivatives outside inference mode");
-  TORCH_CHECK(!x.is_inference(), op,
-              ": x is an inference tensor (created under torch.inference_mode()) and can never "
-              "require grad; create x outside inference mode");
-  TORCH_CHECK(x.requires_grad(), op,
-              ": x does not require grad, so nothing computed from it has a graph to "
-              "differentiate; call x.requires_grad_() before computing ",
-              u_name, " from x");
+void check_field(const char* op, const char* u_name, const at::Tensor& u, bool grad_enabled,
+                 bool derived) {
   if (!u.requires_grad() && !derived) {
     TORCH_CHECK(!u.is_inference(), op, ": ", u_name,
                 " was computed under torch.inference_mode() and has no graph; compute it with "
@@ -98,11 +96,45 @@ void check_tensors(const char* op, const char* u_name, const at::Tensor& u, cons
   }
 }
 
-// v^T (d out/dx), retaining the graph so the caller's u stays differentiable after the call.
+void check_u(const char* op, const char* u_name, const at::Tensor& u) {
+  TORCH_CHECK_VALUE(u.defined(), op, ": ", u_name, " is an undefined tensor");
+  TORCH_CHECK_VALUE(is_real_floating(u), op, ": ", u_name,
+                    " must have a real floating dtype, got ", u.scalar_type());
+  TORCH_CHECK(!c10::InferenceMode::is_enabled(), op,
+              ": called inside torch.inference_mode(), where autograd is off; compute ", u_name,
+              " and its derivatives outside inference mode");
+}
+
+// v^T (d out/d inputs), retaining the graph so the caller's u stays differentiable after the
+// call; an undefined tensor for an input out does not depend on. The only call into autograd.
+std::vector<at::Tensor> raw_vjp(const at::Tensor& out, const std::vector<at::Tensor>& inputs,
+                                const at::Tensor& v, bool create_graph) {
+  return torch::autograd::grad({out}, inputs, {v}, /*retain_graph=*/true, create_graph,
+                               /*allow_unused=*/true);
+}
+
 at::Tensor raw_vjp(const at::Tensor& out, const at::Tensor& input, const at::Tensor& v,
                    bool create_graph) {
-  return torch::autograd::grad({out}, {input}, {v}, /*retain_graph=*/true, create_graph,
-                               /*allow_unused=*/true)[0];
+  return raw_vjp(out, std::vector<at::Tensor>{input}, v, create_graph)[0];
+}
+
+// Seed of u's shape selecting scalar component c (of `components` per point) at every point.
+at::Tensor one_hot(const at::Tensor& u, int64_t components, int64_t c) {
+  if (components == 1) return at::ones(u.sizes(), u.options());
+  auto seed = at::zeros(u.sizes(), u.options());
+  seed.view({-1, components}).select(1, c).fill_(1);
+  return seed;
+}
+
+std::string not_in_graph(const char* u_name, const char* x_name) {
+  return c10::str(x_name, " is not in the graph of ", u_name, ": ", u_name,
+                  " was computed from other tensors. Pass the very tensor ", u_name,
+                  " was computed from: a slice (x[:, 0]), view, copy or re-created tensor made "
+                  "after computing ",
+                  u_name, " is a new node it does not depend on (to differentiate by separate "
+                  "coordinates, build x with torch.cat/torch.stack first, or pass each coordinate "
+                  "tensor that ",
+                  u_name, " was computed from)");
 }
 
 }  // namespace
@@ -111,8 +143,10 @@ Field::Field(const char* op_, const at::Tensor& u_, const at::Tensor& x_, Layout
              const char* u_name_)
     : op(op_), u_name(u_name_), u(u_), x(x_), grad_enabled_at_call_(c10::GradMode::is_enabled()) {
   // A derivative diffops computed by this x may have lost its graph legitimately (a constant).
-  derived_ = u.defined() && x.defined() && derived_registry().contains(u, x);
-  check_tensors(op, u_name, u, x, grad_enabled_at_call_, derived_);
+  check_u(op, u_name, u);
+  check_input(op, u_name, u, x, "x");
+  derived_ = derived_registry().contains(u, x);
+  check_field(op, u_name, u, grad_enabled_at_call_, derived_);
   if (layout == Layout::elementwise) {
     TORCH_CHECK_VALUE(u.sizes() == x.sizes(), op, ": ", u_name, " has shape ",
                       u.sizes(), " but x has shape ", x.sizes(), "; ", op,
@@ -144,14 +178,7 @@ Field::Field(const char* op_, const at::Tensor& u_, const at::Tensor& x_, Layout
 at::Tensor Field::vjp_field(const at::Tensor& v, bool create_graph) const {
   if (derived_) return vjp(u, v, create_graph);
   auto g = raw_vjp(u, x, v, create_graph);
-  TORCH_CHECK(g.defined(), op, ": x is not in the graph of ", u_name, ": ", u_name,
-              " was computed from other tensors. Pass the very tensor ", u_name,
-              " was computed from: a slice (x[:, 0]), view, copy or re-created tensor made "
-              "after computing ",
-              u_name, " is a new node it does not depend on (to differentiate by separate "
-              "coordinates, build x with torch.cat/torch.stack first, or pass each coordinate "
-              "tensor that ",
-              u_name, " was computed from)");
+  TORCH_CHECK(g.defined(), op, ": ", not_in_graph(u_name, "x"));
   return g;
 }
 
@@ -171,12 +198,7 @@ at::Tensor Field::result(at::Tensor r) const {
   return r;
 }
 
-at::Tensor Field::component_seed(int64_t c) const {
-  if (components == 1) return at::ones(u.sizes(), u.options());
-  auto seed = at::zeros(u.sizes(), u.options());
-  seed.view({-1, components}).select(1, c).fill_(1);
-  return seed;
-}
+at::Tensor Field::component_seed(int64_t c) const { return one_hot(u, components, c); }
 
 at::Tensor Field::coordinate_seed(int64_t i) const {
   auto seed = at::zeros(x.sizes(), x.options());
@@ -205,6 +227,67 @@ at::Tensor jacobian_of(const Field& f, bool create_graph) {
   for (int64_t c = 0; c < f.components; ++c)
     rows.push_back(f.vjp_field(f.component_seed(c), f.keep(create_graph)));  // batch + (d,)
   return f.stack(rows, f.comp_and({f.d}));
+}
+
+CoordinateField::CoordinateField(const char* op_, const at::Tensor& u_,
+                                 at::TensorList coordinates_, const char* u_name_)
+    : op(op_),
+      u_name(u_name_),
+      u(u_),
+      coordinates(coordinates_.vec()),
+      grad_enabled_at_call_(c10::GradMode::is_enabled()) {
+  check_u(op, u_name, u);
+  TORCH_CHECK_VALUE(!coordinates.empty(), op, ": coordinates is empty; pass the tensors the field "
+                    "was computed from, e.g. (x, y, t)");
+  for (size_t k = 0; k < coordinates.size(); ++k)
+    check_input(op, u_name, u, coordinates[k], c10::str("coordinates[", k, "]"));
+  derived_ = derived_registry().contains(u, coordinates[0]);
+  check_field(op, u_name, u, grad_enabled_at_call_, derived_);
+
+  const auto shape = coordinates[0].sizes();
+  for (size_t k = 1; k < coordinates.size(); ++k)
+    TORCH_CHECK_VALUE(coordinates[k].sizes() == shape, op, ": coordinates[", k, "] has shape ",
+                      coordinates[k].sizes(), " but coordinates[0] has shape ", shape,
+                      "; every coordinate tensor holds one value per point");
+  // (N, 1) columns or (N,) vectors: one value per point either way.
+  const bool column = !shape.empty() && shape.back() == 1;
+  batch = (column ? shape.slice(0, shape.size() - 1) : shape).vec();
+  const auto nb = static_cast<int64_t>(batch.size());
+  TORCH_CHECK_VALUE(u.dim() >= nb && u.sizes().slice(0, nb) == at::IntArrayRef(batch), op, ": ",
+                    u_name, " has shape ", u.sizes(), " but the coordinates have shape ", shape,
+                    ": ", u_name, "'s leading axes must equal the points' axes ",
+                    at::IntArrayRef(batch), " (", u_name, "[n] is the field at point n)");
+  comp = u.sizes().slice(nb).vec();
+  for (auto c : comp) components *= c;
+}
+
+at::Tensor CoordinateField::gradient(bool create_graph) const {
+  const auto k = static_cast<int64_t>(coordinates.size());
+  std::vector<at::Tensor> rows;
+  for (int64_t c = 0; c < components; ++c) {
+    auto grads = u.requires_grad()  // a derived constant has no graph: all derivatives vanish
+                     ? raw_vjp(u, coordinates, one_hot(u, components, c), keep(create_graph))
+                     : std::vector<at::Tensor>(k);
+    std::vector<at::Tensor> cols;
+    for (int64_t i = 0; i < k; ++i) {
+      if (!grads[i].defined()) {
+        TORCH_CHECK(derived_, op, ": ",
+                    not_in_graph(u_name, c10::str("coordinates[", i, "]").c_str()));
+        grads[i] = at::zeros(coordinates[i].sizes(), coordinates[i].options());
+      }
+      cols.push_back(grads[i].reshape(batch));
+    }
+    rows.push_back(at::stack(cols, -1));  // batch + (k,)
+  }
+  std::vector<int64_t> shape = batch;
+  shape.insert(shape.end(), comp.begin(), comp.end());
+  shape.push_back(k);
+  return at::stack(rows, static_cast<int64_t>(batch.size())).reshape(shape);
+}
+
+at::Tensor CoordinateField::result(at::Tensor r) const {
+  derived_registry().add(r, coordinates[0]);
+  return r;
 }
 
 void check_positive(const char* op, int64_t value, const char* what) {

@@ -64,6 +64,47 @@ class Field {
   c10::AutoGradMode grad_guard_{true};
 };
 
+// A field u of points whose coordinates are held as separate tensors (x, y, t, each of shape
+// batch + (1,) or batch, as many PINN codes keep them), validated like Field. The derived-result
+// registry keys these fields by their first coordinate.
+class CoordinateField {
+ public:
+  CoordinateField(const char* op, const at::Tensor& u, at::TensorList coordinates,
+                  const char* u_name = "u");
+
+  // ∂u/∂(coordinates) per component, shape batch + comp + (k,): one product per component, each
+  // returning the derivatives by every coordinate. A coordinate u does not depend on is an error
+  // for the caller's field and a legitimately zero derivative for a diffops result.
+  at::Tensor gradient(bool create_graph) const;
+  at::Tensor result(at::Tensor r) const;
+  bool keep(bool create_graph) const { return create_graph && grad_enabled_at_call_; }
+
+  const char* op;
+  const char* u_name;
+  at::Tensor u;
+  std::vector<at::Tensor> coordinates;
+  std::vector<int64_t> batch, comp;
+  int64_t components = 1;
+
+ private:
+  bool grad_enabled_at_call_;
+  bool derived_ = false;
+  c10::AutoGradMode grad_guard_{true};
+};
+
+// The derivative cache's building blocks, shared by diffops::Derivatives and the Python class of
+// the same name (defined in derivatives.cpp). `x` is {points} or, with `coordinates`, the
+// separate coordinate tensors.
+struct FieldShape {
+  std::vector<int64_t> batch, comp;
+  int64_t d = 0, components = 1;
+};
+// Validates u against x as the cache's constructor does.
+FieldShape derivatives_shape(const at::Tensor& u, at::TensorList x, bool coordinates);
+// ∂base/∂(every coordinate), batch + (d,), for a scalar-per-point base (u's component or one of its
+// cached derivatives): one product, always keeping the graph.
+at::Tensor derivatives_row(const at::Tensor& base, at::TensorList x, bool coordinates);
+
 // v^T (d out/d input) for any input (diffops' own auxiliary tensors); zeros of input's shape when
 // out does not depend on it.
 at::Tensor vjp_or_zeros(const at::Tensor& out, const at::Tensor& input, const at::Tensor& v,

@@ -6,6 +6,7 @@
 // depends on x[n] only). Results keep u's shape and append derivative axes. Bad arguments throw
 // c10::ValueError; a broken graph throws c10::Error; messages start with the operator's name.
 
+#include "diffops/derivatives.h"
 #include "diffops/divergence.h"
 #include "diffops/gradient.h"
 #include "diffops/laplacian.h"

@@ -11,20 +11,27 @@ at::Tensor gradient(const at::Tensor& u, const at::Tensor& x, const Options& opt
   return f.result(detail::jacobian_of(f, options.create_graph()));
 }
 
+at::Tensor gradient(const at::Tensor& u, at::TensorList coordinates, const Options& options) {
+  detail::CoordinateField f("gradient", u, coordinates);
+  return f.result(f.gradient(options.create_graph()));
+}
+
 at::Tensor jacobian(const at::Tensor& v, const at::Tensor& x, const Options& options) {
   detail::Field f("jacobian", v, x, detail::Layout::pointwise, "v");
   return f.result(detail::jacobian_of(f, options.create_graph()));
 }
 
-at::Tensor directional_derivative(const at::Tensor& u, const at::Tensor& x,
-                                  const at::Tensor& direction, const Options& options) {
-  constexpr const char* op = "directional_derivative";
+namespace {
+
+// ∇u · w; `w_name` names the direction argument in errors.
+at::Tensor along(const char* op, const char* w_name, const at::Tensor& u, const at::Tensor& x,
+                 const at::Tensor& direction, const Options& options) {
   detail::Field f(op, u, x);
-  TORCH_CHECK_VALUE(direction.defined(), op, ": direction is an undefined tensor");
-  TORCH_CHECK_VALUE(direction.scalar_type() == x.scalar_type(), op, ": dtype mismatch: direction is ",
-                    direction.scalar_type(), " but x is ", x.scalar_type());
-  TORCH_CHECK_VALUE(direction.device() == x.device(), op, ": device mismatch: direction is on ",
-                    direction.device(), " but x is on ", x.device());
+  TORCH_CHECK_VALUE(direction.defined(), op, ": ", w_name, " is an undefined tensor");
+  TORCH_CHECK_VALUE(direction.scalar_type() == x.scalar_type(), op, ": dtype mismatch: ", w_name,
+                    " is ", direction.scalar_type(), " but x is ", x.scalar_type());
+  TORCH_CHECK_VALUE(direction.device() == x.device(), op, ": device mismatch: ", w_name,
+                    " is on ", direction.device(), " but x is on ", x.device());
   const bool broadcastable = direction.dim() <= x.dim() && [&] {
     for (int64_t k = 1; k <= direction.dim(); ++k) {
       const auto a = direction.size(-k), b = x.size(-k);
@@ -32,8 +39,8 @@ at::Tensor directional_derivative(const at::Tensor& u, const at::Tensor& x,
     }
     return true;
   }();
-  TORCH_CHECK_VALUE(broadcastable, op, ": direction of shape ", direction.sizes(),
-                    " does not broadcast to x's shape ", x.sizes());
+  TORCH_CHECK_VALUE(broadcastable, op, ": ", w_name, " of shape ", direction.sizes(),
+                    " does not broadcast to x's shape ", x.sizes(), " (one vector per point)");
   const bool keep = f.keep(options.create_graph());
   const auto dir = direction.expand(x.sizes());  // batch + (d,)
   if (f.components == 1) {
@@ -44,6 +51,18 @@ at::Tensor directional_derivative(const at::Tensor& u, const at::Tensor& x,
   auto w = at::zeros(u.sizes(), u.options()).requires_grad_();
   auto jt_w = f.vjp_field(w, /*create_graph=*/true);  // batch + (d,)
   return f.result(detail::vjp_or_zeros(jt_w, w, dir, keep));
+}
+
+}  // namespace
+
+at::Tensor directional_derivative(const at::Tensor& u, const at::Tensor& x,
+                                  const at::Tensor& direction, const Options& options) {
+  return along("directional_derivative", "direction", u, x, direction, options);
+}
+
+at::Tensor normal_derivative(const at::Tensor& u, const at::Tensor& x, const at::Tensor& normals,
+                             const Options& options) {
+  return along("normal_derivative", "normals", u, x, normals, options);
 }
 
 }  // namespace diffops

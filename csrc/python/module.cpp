@@ -5,6 +5,7 @@
 #include <Python.h>
 #include <torch/library.h>
 
+#include "diffops/autograd.h"  // the derivative cache's building blocks, for diffops.Derivatives
 #include "diffops/diffops.h"
 
 namespace {
@@ -30,6 +31,21 @@ diffops::Options opts(bool create_graph) { return diffops::Options().create_grap
 using T = const at::Tensor&;
 
 at::Tensor gradient(T u, T x, bool cg) { GilRelease g; return diffops::gradient(u, x, opts(cg)); }
+at::Tensor gradient_coordinates(T u, at::TensorList coordinates, bool cg) {
+  GilRelease g;
+  return diffops::gradient(u, coordinates, opts(cg));
+}
+at::Tensor normal_derivative(T u, T x, T normals, bool cg) {
+  GilRelease g;
+  return diffops::normal_derivative(u, x, normals, opts(cg));
+}
+void derivatives_check(T u, at::TensorList x, bool coordinates) {
+  diffops::detail::derivatives_shape(u, x, coordinates);
+}
+at::Tensor derivatives_row(T base, at::TensorList x, bool coordinates) {
+  GilRelease g;
+  return diffops::detail::derivatives_row(base, x, coordinates);
+}
 at::Tensor jacobian(T v, T x, bool cg) { GilRelease g; return diffops::jacobian(v, x, opts(cg)); }
 at::Tensor directional_derivative(T u, T x, T direction, bool cg) {
   GilRelease g;
@@ -53,6 +69,13 @@ at::Tensor derivative(T y, T x, int64_t order, bool cg) {
 // Giving a plain function to m.def registers a CompositeImplicitAutograd kernel.
 TORCH_LIBRARY(diffops, m) {
   m.def("gradient(Tensor u, Tensor x, *, bool create_graph=True) -> Tensor", &gradient);
+  m.def("gradient.coordinates(Tensor u, Tensor[] coordinates, *, bool create_graph=True) -> Tensor",
+        &gradient_coordinates);
+  m.def("normal_derivative(Tensor u, Tensor x, Tensor normals, *, bool create_graph=True) -> Tensor",
+        &normal_derivative);
+  // diffops.Derivatives (python/diffops/_derivatives.py): validation and one cached gradient row
+  m.def("_derivatives_check(Tensor u, Tensor[] x, bool coordinates) -> ()", &derivatives_check);
+  m.def("_derivatives_row(Tensor base, Tensor[] x, bool coordinates) -> Tensor", &derivatives_row);
   m.def("jacobian(Tensor v, Tensor x, *, bool create_graph=True) -> Tensor", &jacobian);
   m.def("directional_derivative(Tensor u, Tensor x, Tensor direction, *, bool create_graph=True)"
         " -> Tensor", &directional_derivative);

@@ -25,6 +25,7 @@ if _torch.__version__ != _BUILT_WITH:
     )
 
 from . import _C  # noqa: E402,F401  (registers torch.ops.diffops)
+from ._derivatives import Derivatives  # noqa: E402
 from ._ops import (  # noqa: E402
     curl,
     derivative,
@@ -34,6 +35,7 @@ from ._ops import (  # noqa: E402
     hessian,
     jacobian,
     laplacian,
+    normal_derivative,
     partial,
 )
 
@@ -41,6 +43,7 @@ from ._ops import (  # noqa: E402
 cmake_prefix_path: str = _os.path.join(_os.path.dirname(__file__), "share", "cmake")
 
 __all__ = [
+    "Derivatives",
     "cmake_prefix_path",
     "curl",
     "derivative",
@@ -50,5 +53,6 @@ __all__ = [
     "hessian",
     "jacobian",
     "laplacian",
+    "normal_derivative",
     "partial",
 ]

@@ -21,7 +21,7 @@ from torch import Tensor
 _ops = torch.ops.diffops
 
 
-def gradient(u: Tensor, x: Tensor, *, create_graph: bool = True) -> Tensor:
+def gradient(u: Tensor, x: Tensor | Sequence[Tensor], *, create_graph: bool = True) -> Tensor:
     r"""Gradient :math:`\nabla u` of a field, per component.
 
     .. math:: \text{result}[n, c, j] = \frac{\partial u_c(x_n)}{\partial x_{n,j}}
@@ -31,11 +31,14 @@ def gradient(u: Tensor, x: Tensor, *, create_graph: bool = True) -> Tensor:
 
     Args:
         u: field of shape ``batch + comp`` computed from ``x``; ``u[n]`` depends on ``x[n]`` only.
-        x: points of shape ``batch + (d,)`` with ``requires_grad=True``.
+        x: points of shape ``batch + (d,)`` with ``requires_grad=True``; or the coordinates as
+            separate tensors ``(x, y, t)``, each of shape ``batch + (1,)`` or ``batch`` (as many PINN
+            codes hold them), ``d`` being their number.
         create_graph: keep the result differentiable (to train on it or differentiate again).
 
     Returns:
-        Tensor of shape ``u.shape + (d,)``. Cost: one product per scalar component of ``u``.
+        Tensor of shape ``u.shape + (d,)``. Cost: one product per scalar component of ``u``, whatever
+        ``d`` (with separate coordinates too: one product returns the derivatives by all of them).
 
     Raises:
         ValueError: shapes, dtypes or devices of ``u`` and ``x`` do not fit.
@@ -50,8 +53,14 @@ def gradient(u: Tensor, x: Tensor, *, create_graph: bool = True) -> Tensor:
         >>> f = lambda p: p[0] ** 2 * p[1]
         >>> torch.equal(diffops.gradient(u, x), torch.func.vmap(torch.func.grad(f))(x))
         True
+        >>> s = torch.tensor([[1.0], [3.0]], requires_grad=True)   # separate coordinates
+        >>> t = torch.tensor([[2.0], [-1.0]], requires_grad=True)
+        >>> diffops.gradient(s ** 2 * t, (s, t)).tolist()          # shape (2, 1, 2)
+        [[[4.0, 1.0]], [[-6.0, 9.0]]]
     """
-    return _ops.gradient(u, x, create_graph=create_graph)
+    if isinstance(x, Tensor):
+        return _ops.gradient(u, x, create_graph=create_graph)
+    return _ops.gradient.coordinates(u, list(x), create_graph=create_graph)
 
 
 def jacobian(v: Tensor, x: Tensor, *, create_graph: bool = True) -> Tensor:
@@ -111,6 +120,38 @@ def directional_derivative(
         [4.0]
     """
     return _ops.directional_derivative(u, x, direction, create_graph=create_graph)
+
+
+def normal_derivative(u: Tensor, x: Tensor, normals: Tensor, *, create_graph: bool = True) -> Tensor:
+    r"""Normal derivative :math:`\partial u / \partial n = \nabla u \cdot n` at boundary points.
+
+    The Neumann and Robin boundary terms of a PINN: ``normals[n]`` is the outward unit normal at
+    boundary point ``x[n]``. It is used as given (pass unit vectors; nothing is normalised, so the
+    call stays free of data-dependent checks and compiles).
+
+    Args:
+        u: field of shape ``batch + comp`` computed from ``x``; ``u[n]`` depends on ``x[n]`` only.
+        x: boundary points of shape ``batch + (d,)`` with ``requires_grad=True``.
+        normals: shape ``batch + (d,)`` (one per point), or broadcastable to it (``(d,)``: one
+            normal for a whole flat wall).
+        create_graph: keep the result differentiable.
+
+    Returns:
+        Tensor of shape ``u.shape``. Cost: one product for a scalar field, two for a vector field.
+
+    Raises:
+        ValueError: ``normals`` does not broadcast to ``x``, or shapes, dtypes, devices do not fit.
+        RuntimeError: ``u`` is not connected to ``x`` by a graph.
+
+    Example:
+        >>> import torch, diffops
+        >>> x = torch.tensor([[1.0, 0.5], [0.0, 0.25]], requires_grad=True)  # on x0 = 1 and x0 = 0
+        >>> n = torch.tensor([[1.0, 0.0], [-1.0, 0.0]])                      # outward normals
+        >>> u = x[:, 0] ** 2 * x[:, 1] + x[:, 0]                             # ∂u/∂x0 = 2 x0 x1 + 1
+        >>> diffops.normal_derivative(u, x, n).tolist()
+        [2.0, -1.0]
+    """
+    return _ops.normal_derivative(u, x, normals, create_graph=create_graph)
 
 
 def divergence(v: Tensor, x: Tensor, *, create_graph: bool = True) -> Tensor:
