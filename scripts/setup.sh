@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 venv=${DIFFOPS_VENV:-.venv}
 [ -x "$venv/bin/python" ] || "${PYTHON:-python3}" -m venv "$venv"
 "$venv/bin/python" -m pip install -q --disable-pip-version-check \
-  "${DIFFOPS_TORCH:-torch==2.13.0}" "scikit-build-core>=0.10" ninja "cmake>=3.18" pytest numpy
+  "${DIFFOPS_TORCH:-torch==2.13.0}" "scikit-build-core>=0.10" ninja "cmake>=3.18" pytest numpy \
+  tqdm matplotlib  # the training examples: progress bars and plots
 # diffops compiles against the torch it will run with: no build isolation.
 "$venv/bin/python" -m pip install -q --disable-pip-version-check --no-build-isolation .
 "$venv/bin/python" -c "import diffops, torch; print(f'diffops {diffops.__version__} built against torch {torch.__version__}')"

@@ -86,7 +86,7 @@ def main():
     if args.lbfgs:
         lbfgs = torch.optim.LBFGS(net.parameters(), lr=1.0, max_iter=args.lbfgs, history_size=50,
                                   tolerance_grad=1e-9, tolerance_change=1e-12, line_search_fn="strong_wolfe")
-        bar = tqdm(total=args.lbfgs, desc="burgers lbfgs", mininterval=1.0)
+        bar = tqdm(desc="burgers lbfgs (loss evaluations)", mininterval=1.0)
 
         def closure():
             lbfgs.zero_grad()

@@ -80,7 +80,7 @@ def main():
         fixed = (torch.rand(4 * args.points, 2, dtype=dtype), *boundary_points(1024, dtype))
         lbfgs = torch.optim.LBFGS(net.parameters(), max_iter=args.lbfgs, history_size=50,
                                   tolerance_grad=0.0, tolerance_change=0.0, line_search_fn="strong_wolfe")
-        bar = tqdm(total=args.lbfgs, desc="poisson lbfgs", mininterval=1.0)
+        bar = tqdm(desc="poisson lbfgs (loss evaluations)", mininterval=1.0)
 
         def closure():
             lbfgs.zero_grad()
