@@ -294,4 +294,30 @@ void check_positive(const char* op, int64_t value, const char* what) {
   TORCH_CHECK_VALUE(value >= 1, op, ": ", what, " must be at least 1, got ", value);
 }
 
+bool wants_hutchinson(const char* op, const Options& options, const at::Tensor& x,
+                      bool stochastic) {
+  const auto& method = options.method();
+  const bool hutchinson = stochastic && method == "hutchinson";
+  TORCH_CHECK_VALUE(method == "auto" || method == "loop" || hutchinson, op,
+                    ": method must be one of ",
+                    stochastic ? "'auto', 'loop', 'hutchinson'" : "'auto', 'loop'", ", got '",
+                    method, "'");
+  if (!hutchinson) {
+    TORCH_CHECK_VALUE(options.samples() == 1 && !options.generator().has_value(), op,
+                      ": samples and generator are only used by method='hutchinson' (method is '",
+                      method, "')");
+    return false;
+  }
+  check_positive(op, options.samples(), "samples");
+  if (options.generator().has_value())
+    TORCH_CHECK_VALUE(options.generator()->device().type() == x.device().type(), op,
+                      ": generator is on ", options.generator()->device(), " but x is on ",
+                      x.device(), "; the probes are drawn on x's device");
+  return true;
+}
+
+at::Tensor rademacher(const at::Tensor& x, const std::optional<at::Generator>& generator) {
+  return at::randint(0, 2, x.sizes(), generator, x.options()).mul_(2).sub_(1);
+}
+
 }  // namespace diffops::detail

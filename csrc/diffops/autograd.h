@@ -9,6 +9,8 @@
 #include <initializer_list>
 #include <vector>
 
+#include "diffops/options.h"
+
 namespace diffops::detail {
 
 // How u's axes relate to x's.
@@ -116,5 +118,11 @@ at::Tensor jacobian_of(const Field& f, bool create_graph);
 
 // Raises c10::ValueError unless `value` >= 1; `what` names the argument.
 void check_positive(const char* op, int64_t value, const char* what);
+
+// Validates options.method for `op` (`stochastic`: whether op offers "hutchinson") and the options
+// that only "hutchinson" uses; returns whether Hutchinson's estimator was asked for.
+bool wants_hutchinson(const char* op, const Options& options, const at::Tensor& x, bool stochastic);
+// Rademacher probe (entries ±1) of x's shape, dtype and device.
+at::Tensor rademacher(const at::Tensor& x, const std::optional<at::Generator>& generator);
 
 }  // namespace diffops::detail

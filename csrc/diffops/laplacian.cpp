@@ -8,14 +8,24 @@ namespace diffops {
 
 at::Tensor laplacian(const at::Tensor& u, const at::Tensor& x, const Options& options) {
   detail::Field f("laplacian", u, x);
+  const bool hutchinson = detail::wants_hutchinson("laplacian", options, x, /*stochastic=*/true);
   const bool keep = f.keep(options.create_graph());
   std::vector<at::Tensor> parts;
   for (int64_t c = 0; c < f.components; ++c) {
     auto g = f.vjp_field(f.component_seed(c), /*create_graph=*/true);  // batch + (d,)
     at::Tensor sum;                                                     // batch
-    for (int64_t i = 0; i < f.d; ++i) {
-      auto term = f.vjp(g, f.coordinate_seed(i), keep).select(-1, i);
-      sum = sum.defined() ? sum + term : term;
+    if (hutchinson) {  // εᵀHε = ε · (Hε), one product per probe
+      for (int64_t s = 0; s < options.samples(); ++s) {
+        auto eps = detail::rademacher(x, options.generator());
+        auto term = (f.vjp(g, eps, keep) * eps).sum(-1);
+        sum = sum.defined() ? sum + term : term;
+      }
+      sum = sum / static_cast<double>(options.samples());
+    } else {  // the diagonal, one entry per product
+      for (int64_t i = 0; i < f.d; ++i) {
+        auto term = f.vjp(g, f.coordinate_seed(i), keep).select(-1, i);
+        sum = sum.defined() ? sum + term : term;
+      }
     }
     parts.push_back(sum);
   }
@@ -24,6 +34,7 @@ at::Tensor laplacian(const at::Tensor& u, const at::Tensor& x, const Options& op
 
 at::Tensor hessian(const at::Tensor& u, const at::Tensor& x, const Options& options) {
   detail::Field f("hessian", u, x);
+  detail::wants_hutchinson("hessian", options, x, /*stochastic=*/false);
   const bool keep = f.keep(options.create_graph());
   std::vector<at::Tensor> parts;
   for (int64_t c = 0; c < f.components; ++c) {

@@ -1,8 +1,14 @@
 #pragma once
 // Options shared by every diffops operator, in LibTorch's builder style:
 //   diffops::laplacian(u, x, diffops::Options().create_graph(false));
+//   diffops::divergence(v, x, diffops::Options().method("hutchinson").samples(4).generator(gen));
 
+#include <ATen/core/Generator.h>
 #include <torch/arg.h>
+
+#include <cstdint>
+#include <optional>
+#include <string>
 
 namespace diffops {
 
@@ -11,6 +17,18 @@ struct Options {
   /// (a PINN loss built from it back-propagates to the network's parameters).
   /// With false the result is a plain tensor and intermediate graphs are freed early.
   TORCH_ARG(bool, create_graph) = true;
+  /// How divergence and laplacian take the trace of a Jacobian (of v, or of ∇u):
+  ///   "auto"       the default; currently "loop"
+  ///   "loop"       exact: d products, each keeping one diagonal entry
+  ///   "hutchinson" unbiased estimate (1/k) Σ_s ε_sᵀ J ε_s with k = samples Rademacher probes
+  ///                ε_s (entries ±1), one product each. Variance of one probe per point:
+  ///                Σ_{i≠j} J_ij (J_ij + J_ji) (2 Σ_{i≠j} H_ij² for a Hessian), divided by k.
+  /// Other operators accept "auto" and "loop" (exact).
+  TORCH_ARG(std::string, method) = "auto";
+  /// Number of probes for "hutchinson".
+  TORCH_ARG(int64_t, samples) = 1;
+  /// Random source for "hutchinson" probes (on x's device); the default generator when unset.
+  TORCH_ARG(std::optional<at::Generator>, generator) = std::nullopt;
 };
 
 }  // namespace diffops

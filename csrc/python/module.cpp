@@ -51,9 +51,21 @@ at::Tensor directional_derivative(T u, T x, T direction, bool cg) {
   GilRelease g;
   return diffops::directional_derivative(u, x, direction, opts(cg));
 }
-at::Tensor divergence(T v, T x, bool cg) { GilRelease g; return diffops::divergence(v, x, opts(cg)); }
+diffops::Options trace_opts(bool cg, c10::string_view method, int64_t samples,
+                           std::optional<at::Generator> generator) {
+  return opts(cg).method(std::string(method)).samples(samples).generator(std::move(generator));
+}
+at::Tensor divergence(T v, T x, bool cg, c10::string_view method, int64_t samples,
+                      std::optional<at::Generator> generator) {
+  GilRelease g;
+  return diffops::divergence(v, x, trace_opts(cg, method, samples, std::move(generator)));
+}
 at::Tensor curl(T v, T x, bool cg) { GilRelease g; return diffops::curl(v, x, opts(cg)); }
-at::Tensor laplacian(T u, T x, bool cg) { GilRelease g; return diffops::laplacian(u, x, opts(cg)); }
+at::Tensor laplacian(T u, T x, bool cg, c10::string_view method, int64_t samples,
+                     std::optional<at::Generator> generator) {
+  GilRelease g;
+  return diffops::laplacian(u, x, trace_opts(cg, method, samples, std::move(generator)));
+}
 at::Tensor hessian(T u, T x, bool cg) { GilRelease g; return diffops::hessian(u, x, opts(cg)); }
 at::Tensor partial(T u, T x, at::IntArrayRef index, bool cg) {
   GilRelease g;
@@ -79,9 +91,11 @@ TORCH_LIBRARY(diffops, m) {
   m.def("jacobian(Tensor v, Tensor x, *, bool create_graph=True) -> Tensor", &jacobian);
   m.def("directional_derivative(Tensor u, Tensor x, Tensor direction, *, bool create_graph=True)"
         " -> Tensor", &directional_derivative);
-  m.def("divergence(Tensor v, Tensor x, *, bool create_graph=True) -> Tensor", &divergence);
+  m.def("divergence(Tensor v, Tensor x, *, bool create_graph=True, str method=\"auto\", "
+        "int samples=1, Generator? generator=None) -> Tensor", &divergence);
   m.def("curl(Tensor v, Tensor x, *, bool create_graph=True) -> Tensor", &curl);
-  m.def("laplacian(Tensor u, Tensor x, *, bool create_graph=True) -> Tensor", &laplacian);
+  m.def("laplacian(Tensor u, Tensor x, *, bool create_graph=True, str method=\"auto\", "
+        "int samples=1, Generator? generator=None) -> Tensor", &laplacian);
   m.def("hessian(Tensor u, Tensor x, *, bool create_graph=True) -> Tensor", &hessian);
   m.def("partial(Tensor u, Tensor x, int[] index, *, bool create_graph=True) -> Tensor", &partial);
   m.def("derivative(Tensor y, Tensor x, int order=1, *, bool create_graph=True) -> Tensor",

@@ -154,7 +154,15 @@ def normal_derivative(u: Tensor, x: Tensor, normals: Tensor, *, create_graph: bo
     return _ops.normal_derivative(u, x, normals, create_graph=create_graph)
 
 
-def divergence(v: Tensor, x: Tensor, *, create_graph: bool = True) -> Tensor:
+def divergence(
+    v: Tensor,
+    x: Tensor,
+    *,
+    create_graph: bool = True,
+    method: str = "auto",
+    samples: int = 1,
+    generator: torch.Generator | None = None,
+) -> Tensor:
     r"""Divergence :math:`\nabla\cdot v = \sum_i \partial v_i / \partial x_i` of a vector field.
 
     Args:
@@ -162,13 +170,22 @@ def divergence(v: Tensor, x: Tensor, *, create_graph: bool = True) -> Tensor:
             ``x[n]`` only. Leading component axes ``comp'`` hold several vector fields.
         x: points of shape ``batch + (d,)`` with ``requires_grad=True``.
         create_graph: keep the result differentiable.
+        method: ``"auto"`` (currently ``"loop"``), ``"loop"`` (exact) or ``"hutchinson"``: the
+            unbiased estimate :math:`\frac1k\sum_s \varepsilon_s^\top J \varepsilon_s` with ``k = samples``
+            Rademacher probes (entries ±1), one product each. Variance of one probe at a point:
+            :math:`\sum_{i\ne j} J_{ij}(J_{ij} + J_{ji})`, divided by ``k``; exact when ``J`` is
+            diagonal. For high ``d`` in training (continuous normalizing flows), not for evaluation.
+        samples: number of probes for ``"hutchinson"``.
+        generator: random source of the probes (on ``x``'s device), for reproducible estimates.
 
     Returns:
         Tensor of shape ``v.shape[:-1]``. Cost: ``d`` products per vector field, each contributing
-        one diagonal Jacobian entry (the Jacobian is never stored).
+        one diagonal Jacobian entry (the Jacobian is never stored); ``samples`` with
+        ``"hutchinson"``.
 
     Raises:
-        ValueError: ``v.shape[-1] != d``, or shapes, dtypes or devices do not fit.
+        ValueError: ``v.shape[-1] != d``, shapes, dtypes or devices do not fit, an unknown
+            ``method``, or ``samples``/``generator`` without ``method="hutchinson"``.
         RuntimeError: ``v`` is not connected to ``x`` by a graph.
 
     Example:
@@ -181,7 +198,7 @@ def divergence(v: Tensor, x: Tensor, *, create_graph: bool = True) -> Tensor:
         >>> torch.func.vmap(lambda p: torch.func.jacrev(f)(p).trace())(x).tolist()
         [12.0]
     """
-    return _ops.divergence(v, x, create_graph=create_graph)
+    return _ops.divergence(v, x, create_graph=create_graph, method=method, samples=samples, generator=generator)
 
 
 def curl(v: Tensor, x: Tensor, *, create_graph: bool = True) -> Tensor:
@@ -215,7 +232,15 @@ def curl(v: Tensor, x: Tensor, *, create_graph: bool = True) -> Tensor:
     return _ops.curl(v, x, create_graph=create_graph)
 
 
-def laplacian(u: Tensor, x: Tensor, *, create_graph: bool = True) -> Tensor:
+def laplacian(
+    u: Tensor,
+    x: Tensor,
+    *,
+    create_graph: bool = True,
+    method: str = "auto",
+    samples: int = 1,
+    generator: torch.Generator | None = None,
+) -> Tensor:
     r"""Laplacian :math:`\Delta u = \sum_i \partial^2 u / \partial x_i^2`, per component.
 
     For a vector field (``comp != ()``) this is the vector Laplacian, component by component.
@@ -224,13 +249,21 @@ def laplacian(u: Tensor, x: Tensor, *, create_graph: bool = True) -> Tensor:
         u: field of shape ``batch + comp`` computed from ``x``; ``u[n]`` depends on ``x[n]`` only.
         x: points of shape ``batch + (d,)`` with ``requires_grad=True``.
         create_graph: keep the result differentiable (a PINN loss on it trains the network).
+        method: ``"auto"`` (currently ``"loop"``), ``"loop"`` (exact) or ``"hutchinson"``: the
+            unbiased estimate :math:`\frac1k\sum_s \varepsilon_s^\top H \varepsilon_s` with ``k = samples``
+            Rademacher probes, one product each after the gradient. Variance of one probe at a point:
+            :math:`2\sum_{i\ne j} H_{ij}^2`, divided by ``k``.
+        samples: number of probes for ``"hutchinson"``.
+        generator: random source of the probes (on ``x``'s device), for reproducible estimates.
 
     Returns:
         Tensor of shape ``u.shape``. Cost: ``1 + d`` products per component; the Hessian is never
-        built, each second product contributes one diagonal entry.
+        built, each second product contributes one diagonal entry. ``1 + samples`` with
+        ``"hutchinson"``.
 
     Raises:
-        ValueError: shapes, dtypes or devices of ``u`` and ``x`` do not fit.
+        ValueError: shapes, dtypes or devices of ``u`` and ``x`` do not fit, an unknown ``method``,
+            or ``samples``/``generator`` without ``method="hutchinson"``.
         RuntimeError: ``u`` is not connected to ``x`` by a graph.
 
     Example:
@@ -243,7 +276,7 @@ def laplacian(u: Tensor, x: Tensor, *, create_graph: bool = True) -> Tensor:
         >>> torch.func.vmap(lambda p: torch.func.hessian(f)(p).trace())(x).tolist()
         [4.0, -2.0]
     """
-    return _ops.laplacian(u, x, create_graph=create_graph)
+    return _ops.laplacian(u, x, create_graph=create_graph, method=method, samples=samples, generator=generator)
 
 
 def hessian(u: Tensor, x: Tensor, *, create_graph: bool = True) -> Tensor:

@@ -1,10 +1,12 @@
 // The C++ mirror of tests/test_exact.py and tests/test_errors.py: analytic fields at dyadic points
 // asserted with torch::equal in float32 and float64, and the error diagnostics.
 
+#include <ATen/CPUGeneratorImpl.h>
 #include <diffops/diffops.h>
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <functional>
 #include <string>
 
 namespace {
@@ -185,6 +187,41 @@ std::vector<ErrorCase> error_cases() {
       {"direction_shape", [opts] { auto x = px(); diffops::directional_derivative(field(x), x, torch::ones({3}, opts)); },
        true, "directional_derivative: direction of shape [3] does not broadcast"},
   };
+}
+
+TEST(Methods, LoopIsTheDefaultAndHutchinsonIsExactOnDiagonalJacobians) {
+  auto x = torch::randn({6, 4}, torch::kFloat64).requires_grad_();
+  auto u = (x.sin() + x.pow(4)).sum(-1);  // separable: diagonal Hessian
+  auto v = x.sin() * 3 + x.pow(3);        // elementwise: diagonal Jacobian
+  EXPECT_TRUE(torch::equal(diffops::laplacian(u, x, diffops::Options().method("loop")),
+                           diffops::laplacian(u, x)));
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(0);
+  auto h = diffops::Options().method("hutchinson").samples(3).generator(gen);
+  EXPECT_TRUE(torch::allclose(diffops::laplacian(u, x, h), diffops::laplacian(u, x), 1e-14, 1e-14));
+  EXPECT_TRUE(torch::allclose(diffops::divergence(v, x, h), diffops::divergence(v, x), 1e-14, 1e-14));
+  // a coupled field: an estimate, reproducible with the same seed
+  auto w = torch::stack({x.select(1, 0) * x.select(1, 1), x.select(1, 1) * x.select(1, 2),
+                         x.select(1, 2) * x.select(1, 3), x.select(1, 3) * x.select(1, 0)}, -1);
+  auto s = [&](uint64_t seed) {
+    return diffops::divergence(w, x, diffops::Options().method("hutchinson").generator(
+                                         at::make_generator<at::CPUGeneratorImpl>(seed)));
+  };
+  EXPECT_TRUE(torch::equal(s(5), s(5)));
+  EXPECT_FALSE(torch::equal(s(5), diffops::divergence(w, x)));
+  auto expect = [](const std::function<void()>& call, const std::string& prefix) {
+    try {
+      call();
+      ADD_FAILURE() << "no exception, expected " << prefix;
+    } catch (const c10::ValueError& e) {
+      EXPECT_EQ(std::string(e.what_without_backtrace()).rfind(prefix, 0), 0u) << e.what_without_backtrace();
+    }
+  };
+  expect([&] { diffops::laplacian(u, x, diffops::Options().method("forward")); },
+         "laplacian: method must be one of 'auto', 'loop', 'hutchinson', got 'forward'");
+  expect([&] { diffops::hessian(u, x, diffops::Options().method("hutchinson")); },
+         "hessian: method must be one of 'auto', 'loop', got 'hutchinson'");
+  expect([&] { diffops::divergence(v, x, diffops::Options().samples(2)); },
+         "divergence: samples and generator are only used by method='hutchinson'");
 }
 
 TEST(Errors, NameOperatorArgumentAndCause) {
