@@ -1,6 +1,7 @@
 #include "diffops/autograd.h"
 
 #include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
 #include <c10/core/InferenceMode.h>
 #include <torch/csrc/autograd/autograd.h>
 
@@ -148,6 +149,7 @@ Field::Field(const char* op_, const at::Tensor& u_, const at::Tensor& x_, Layout
   derived_ = derived_registry().contains(u, x);
   check_field(op, u_name, u, grad_enabled_at_call_, derived_);
   if (layout == Layout::elementwise) {
+    elementwise_ = true;
     TORCH_CHECK_VALUE(u.sizes() == x.sizes(), op, ": ", u_name, " has shape ",
                       u.sizes(), " but x has shape ", x.sizes(), "; ", op,
                       " is for elementwise maps ", u_name, " = g(x) with ", u_name,
@@ -196,6 +198,33 @@ at::Tensor vjp_or_zeros(const at::Tensor& out, const at::Tensor& input, const at
 at::Tensor Field::result(at::Tensor r) const {
   derived_registry().add(r, x);
   return r;
+}
+
+void Field::check_structure(bool enabled) const {
+  if (!enabled) return;
+  if (!u.requires_grad()) return;  // a derived constant: nothing to couple
+  // Random per-point weights in [0.5, 1.5), from a fixed local stream (the caller's RNG is untouched).
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(20261123);
+  auto r = (at::rand(batch, gen, x.options().device(at::kCPU)) + 0.5).to(x.device());
+  std::vector<int64_t> per_point = batch;  // r broadcast over u's component axes
+  per_point.resize(batch.size() + comp.size(), 1);
+  auto seed = component_seed(0);
+  auto g = vjp_field(seed, false);                         // Jᵀ·1 (component 0)
+  auto h = vjp_field(seed * r.view(per_point), false);     // Jᵀ·(r ⊙ 1)
+  auto expected = elementwise_ ? g * r : g * r.unsqueeze(-1);
+  const double eps = x.scalar_type() == at::kDouble ? 2.2e-16 : 1.2e-7;
+  const double scale = g.abs().max().item<double>();
+  const double coupling = (h - expected).abs().max().item<double>();
+  TORCH_CHECK_VALUE(coupling <= 1000 * eps * scale + 1e-30, op, ": check_structure: ", u_name,
+                    elementwise_ ? "[i] depends on elements of x other than x[i]: the Jacobian is "
+                                   "not diagonal, so one ones-seeded product does not give the "
+                                   "per-element derivatives (use gradient or jacobian)"
+                                 : "[n] depends on points other than x[n]: the Jacobian is not "
+                                   "block-diagonal over points (BatchNorm in training mode, "
+                                   "attention or mixing across points), so one product per "
+                                   "component does not give per-point derivatives (call "
+                                   "model.eval() or compute point by point with torch.func.vmap)",
+                    "; coupling ", coupling, " against derivatives of size ", scale);
 }
 
 at::Tensor Field::component_seed(int64_t c) const { return one_hot(u, components, c); }

@@ -36,6 +36,11 @@ class Field {
   // is a legitimately zero derivative (a linear map's second derivative): zeros, not an error.
   at::Tensor vjp(const at::Tensor& out, const at::Tensor& v, bool create_graph) const;
 
+  // With `enabled`: raises c10::ValueError unless u[n] depends on x[n] only (elementwise layout: u[i]
+  // on x[i] only), tested with the ones-seeded product of component 0 and one product seeded with
+  // random per-point weights r: block-diagonal structure means the second is r times the first.
+  void check_structure(bool enabled) const;
+
   // Seed of u's shape selecting scalar component c (flat index into comp) at every point.
   at::Tensor component_seed(int64_t c) const;
   // Seed of x's shape selecting coordinate i at every point.
@@ -62,6 +67,7 @@ class Field {
 
  private:
   bool grad_enabled_at_call_;
+  bool elementwise_ = false;
   bool derived_ = false;  // u is a derivative diffops computed with respect to this x
   c10::AutoGradMode grad_guard_{true};
 };

@@ -21,6 +21,7 @@ at::Tensor divergence(const at::Tensor& v, const at::Tensor& x, const Options& o
   detail::Field f("divergence", v, x, detail::Layout::pointwise, "v");
   auto outer = vector_field_comp(f);
   const bool hutchinson = detail::wants_hutchinson("divergence", options, x, /*stochastic=*/true);
+  f.check_structure(options.check_structure());
   const bool keep = f.keep(options.create_graph());
   std::vector<at::Tensor> parts;
   for (int64_t c = 0; c < f.components; c += f.d) {
@@ -51,6 +52,7 @@ at::Tensor curl(const at::Tensor& v, const at::Tensor& x, const Options& options
                     "has shape ", x.sizes(), " (d = ", f.d, ")");
   vector_field_comp(f);
   detail::wants_hutchinson("curl", options, x, /*stochastic=*/false);
+  f.check_structure(options.check_structure());
   auto J = detail::jacobian_of(f, options.create_graph());  // batch + comp' + (d, d)
   auto dj = [&](int64_t i, int64_t j) { return J.select(-2, i).select(-1, j); };  // ∂v_i/∂x_j
   if (f.d == 2) return f.result(dj(1, 0) - dj(0, 1));

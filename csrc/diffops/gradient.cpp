@@ -9,18 +9,22 @@ namespace diffops {
 at::Tensor gradient(const at::Tensor& u, const at::Tensor& x, const Options& options) {
   detail::Field f("gradient", u, x);
   detail::wants_hutchinson("gradient", options, x, /*stochastic=*/false);
+  f.check_structure(options.check_structure());
   return f.result(detail::jacobian_of(f, options.create_graph()));
 }
 
 at::Tensor gradient(const at::Tensor& u, at::TensorList coordinates, const Options& options) {
   detail::CoordinateField f("gradient", u, coordinates);
   detail::wants_hutchinson("gradient", options, coordinates[0], /*stochastic=*/false);
+  TORCH_CHECK_VALUE(!options.check_structure(), "gradient: check_structure is not available with "
+                    "separate coordinate tensors; pass the points as one tensor x to check them");
   return f.result(f.gradient(options.create_graph()));
 }
 
 at::Tensor jacobian(const at::Tensor& v, const at::Tensor& x, const Options& options) {
   detail::Field f("jacobian", v, x, detail::Layout::pointwise, "v");
   detail::wants_hutchinson("jacobian", options, x, /*stochastic=*/false);
+  f.check_structure(options.check_structure());
   return f.result(detail::jacobian_of(f, options.create_graph()));
 }
 
@@ -31,6 +35,7 @@ at::Tensor along(const char* op, const char* w_name, const at::Tensor& u, const 
                  const at::Tensor& direction, const Options& options) {
   detail::Field f(op, u, x);
   detail::wants_hutchinson(op, options, x, /*stochastic=*/false);
+  f.check_structure(options.check_structure());
   TORCH_CHECK_VALUE(direction.defined(), op, ": ", w_name, " is an undefined tensor");
   TORCH_CHECK_VALUE(direction.scalar_type() == x.scalar_type(), op, ": dtype mismatch: ", w_name,
                     " is ", direction.scalar_type(), " but x is ", x.scalar_type());

@@ -9,6 +9,7 @@ namespace diffops {
 at::Tensor laplacian(const at::Tensor& u, const at::Tensor& x, const Options& options) {
   detail::Field f("laplacian", u, x);
   const bool hutchinson = detail::wants_hutchinson("laplacian", options, x, /*stochastic=*/true);
+  f.check_structure(options.check_structure());
   const bool keep = f.keep(options.create_graph());
   std::vector<at::Tensor> parts;
   for (int64_t c = 0; c < f.components; ++c) {
@@ -35,6 +36,7 @@ at::Tensor laplacian(const at::Tensor& u, const at::Tensor& x, const Options& op
 at::Tensor hessian(const at::Tensor& u, const at::Tensor& x, const Options& options) {
   detail::Field f("hessian", u, x);
   detail::wants_hutchinson("hessian", options, x, /*stochastic=*/false);
+  f.check_structure(options.check_structure());
   const bool keep = f.keep(options.create_graph());
   std::vector<at::Tensor> parts;
   for (int64_t c = 0; c < f.components; ++c) {

@@ -25,6 +25,12 @@ struct Options {
   ///                Σ_{i≠j} J_ij (J_ij + J_ji) (2 Σ_{i≠j} H_ij² for a Hessian), divided by k.
   /// Other operators accept "auto" and "loop" (exact).
   TORCH_ARG(std::string, method) = "auto";
+  /// Verify, before computing, that the map really has the structure the operator relies on:
+  /// u[n] depends on x[n] only (a block-diagonal Jacobian over points; for `derivative`, a
+  /// diagonal one). Costs two extra products (the ones-seeded one and one random probe per point)
+  /// and a device synchronisation; raises c10::ValueError naming the coupling otherwise (BatchNorm
+  /// in train mode, attention across points, FNO-style mixing). Not for torch.compile'd code.
+  TORCH_ARG(bool, check_structure) = false;
   /// Number of probes for "hutchinson".
   TORCH_ARG(int64_t, samples) = 1;
   /// Random source for "hutchinson" probes (on x's device); the default generator when unset.

@@ -10,6 +10,7 @@ at::Tensor partial(const at::Tensor& u, const at::Tensor& x, at::IntArrayRef ind
                    const Options& options) {
   detail::Field f("partial", u, x);
   detail::wants_hutchinson("partial", options, x, /*stochastic=*/false);
+  f.check_structure(options.check_structure());
   TORCH_CHECK_VALUE(!index.empty(), "partial: index is empty; name at least one coordinate");
   for (auto i : index)
     TORCH_CHECK_VALUE(0 <= i && i < f.d, "partial: index ", index, " names coordinate ", i,
@@ -36,6 +37,7 @@ at::Tensor derivative(const at::Tensor& y, const at::Tensor& x, int64_t order,
   detail::Field f("derivative", y, x, detail::Layout::elementwise, "y");
   detail::check_positive("derivative", order, "order");
   detail::wants_hutchinson("derivative", options, x, /*stochastic=*/false);
+  f.check_structure(options.check_structure());
   const bool keep = f.keep(options.create_graph());
   auto cur = f.vjp_field(at::ones_like(y), order == 1 ? keep : true);
   for (int64_t k = 2; k <= order; ++k) cur = f.vjp(cur, at::ones_like(cur), k == order ? keep : true);

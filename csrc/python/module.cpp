@@ -26,18 +26,23 @@ class GilRelease {
   PyThreadState* state_;
 };
 
-diffops::Options opts(bool create_graph) { return diffops::Options().create_graph(create_graph); }
+diffops::Options opts(bool create_graph, bool check_structure = false) {
+  return diffops::Options().create_graph(create_graph).check_structure(check_structure);
+}
 
 using T = const at::Tensor&;
 
-at::Tensor gradient(T u, T x, bool cg) { GilRelease g; return diffops::gradient(u, x, opts(cg)); }
+at::Tensor gradient(T u, T x, bool cg, bool cs) {
+  GilRelease g;
+  return diffops::gradient(u, x, opts(cg, cs));
+}
 at::Tensor gradient_coordinates(T u, at::TensorList coordinates, bool cg) {
   GilRelease g;
   return diffops::gradient(u, coordinates, opts(cg));
 }
-at::Tensor normal_derivative(T u, T x, T normals, bool cg) {
+at::Tensor normal_derivative(T u, T x, T normals, bool cg, bool cs) {
   GilRelease g;
-  return diffops::normal_derivative(u, x, normals, opts(cg));
+  return diffops::normal_derivative(u, x, normals, opts(cg, cs));
 }
 void derivatives_check(T u, at::TensorList x, bool coordinates) {
   diffops::detail::derivatives_shape(u, x, coordinates);
@@ -46,59 +51,70 @@ at::Tensor derivatives_row(T base, at::TensorList x, bool coordinates) {
   GilRelease g;
   return diffops::detail::derivatives_row(base, x, coordinates);
 }
-at::Tensor jacobian(T v, T x, bool cg) { GilRelease g; return diffops::jacobian(v, x, opts(cg)); }
-at::Tensor directional_derivative(T u, T x, T direction, bool cg) {
+at::Tensor jacobian(T v, T x, bool cg, bool cs) {
   GilRelease g;
-  return diffops::directional_derivative(u, x, direction, opts(cg));
+  return diffops::jacobian(v, x, opts(cg, cs));
 }
-diffops::Options trace_opts(bool cg, c10::string_view method, int64_t samples,
+at::Tensor directional_derivative(T u, T x, T direction, bool cg, bool cs) {
+  GilRelease g;
+  return diffops::directional_derivative(u, x, direction, opts(cg, cs));
+}
+diffops::Options trace_opts(bool cg, bool cs, c10::string_view method, int64_t samples,
                            std::optional<at::Generator> generator) {
-  return opts(cg).method(std::string(method)).samples(samples).generator(std::move(generator));
+  return opts(cg, cs).method(std::string(method)).samples(samples).generator(std::move(generator));
 }
-at::Tensor divergence(T v, T x, bool cg, c10::string_view method, int64_t samples,
+at::Tensor divergence(T v, T x, bool cg, bool cs, c10::string_view method, int64_t samples,
                       std::optional<at::Generator> generator) {
   GilRelease g;
-  return diffops::divergence(v, x, trace_opts(cg, method, samples, std::move(generator)));
+  return diffops::divergence(v, x, trace_opts(cg, cs, method, samples, std::move(generator)));
 }
-at::Tensor curl(T v, T x, bool cg) { GilRelease g; return diffops::curl(v, x, opts(cg)); }
-at::Tensor laplacian(T u, T x, bool cg, c10::string_view method, int64_t samples,
+at::Tensor curl(T v, T x, bool cg, bool cs) {
+  GilRelease g;
+  return diffops::curl(v, x, opts(cg, cs));
+}
+at::Tensor laplacian(T u, T x, bool cg, bool cs, c10::string_view method, int64_t samples,
                      std::optional<at::Generator> generator) {
   GilRelease g;
-  return diffops::laplacian(u, x, trace_opts(cg, method, samples, std::move(generator)));
+  return diffops::laplacian(u, x, trace_opts(cg, cs, method, samples, std::move(generator)));
 }
-at::Tensor hessian(T u, T x, bool cg) { GilRelease g; return diffops::hessian(u, x, opts(cg)); }
-at::Tensor partial(T u, T x, at::IntArrayRef index, bool cg) {
+at::Tensor hessian(T u, T x, bool cg, bool cs) {
   GilRelease g;
-  return diffops::partial(u, x, index, opts(cg));
+  return diffops::hessian(u, x, opts(cg, cs));
 }
-at::Tensor derivative(T y, T x, int64_t order, bool cg) {
+at::Tensor partial(T u, T x, at::IntArrayRef index, bool cg, bool cs) {
   GilRelease g;
-  return diffops::derivative(y, x, order, opts(cg));
+  return diffops::partial(u, x, index, opts(cg, cs));
+}
+at::Tensor derivative(T y, T x, int64_t order, bool cg, bool cs) {
+  GilRelease g;
+  return diffops::derivative(y, x, order, opts(cg, cs));
 }
 
 }  // namespace
 
 // Giving a plain function to m.def registers a CompositeImplicitAutograd kernel.
 TORCH_LIBRARY(diffops, m) {
-  m.def("gradient(Tensor u, Tensor x, *, bool create_graph=True) -> Tensor", &gradient);
+  m.def("gradient(Tensor u, Tensor x, *, bool create_graph=True, bool check_structure=False) -> Tensor", &gradient);
   m.def("gradient.coordinates(Tensor u, Tensor[] coordinates, *, bool create_graph=True) -> Tensor",
         &gradient_coordinates);
-  m.def("normal_derivative(Tensor u, Tensor x, Tensor normals, *, bool create_graph=True) -> Tensor",
+  m.def("normal_derivative(Tensor u, Tensor x, Tensor normals, *, bool create_graph=True, "
+        "bool check_structure=False) -> Tensor",
         &normal_derivative);
   // diffops.Derivatives (python/diffops/_derivatives.py): validation and one cached gradient row
   m.def("_derivatives_check(Tensor u, Tensor[] x, bool coordinates) -> ()", &derivatives_check);
   m.def("_derivatives_row(Tensor base, Tensor[] x, bool coordinates) -> Tensor", &derivatives_row);
-  m.def("jacobian(Tensor v, Tensor x, *, bool create_graph=True) -> Tensor", &jacobian);
-  m.def("directional_derivative(Tensor u, Tensor x, Tensor direction, *, bool create_graph=True)"
-        " -> Tensor", &directional_derivative);
-  m.def("divergence(Tensor v, Tensor x, *, bool create_graph=True, str method=\"auto\", "
+  m.def("jacobian(Tensor v, Tensor x, *, bool create_graph=True, bool check_structure=False) -> Tensor", &jacobian);
+  m.def("directional_derivative(Tensor u, Tensor x, Tensor direction, *, bool create_graph=True, "
+        "bool check_structure=False) -> Tensor", &directional_derivative);
+  m.def("divergence(Tensor v, Tensor x, *, bool create_graph=True, bool check_structure=False, str method=\"auto\", "
         "int samples=1, Generator? generator=None) -> Tensor", &divergence);
-  m.def("curl(Tensor v, Tensor x, *, bool create_graph=True) -> Tensor", &curl);
-  m.def("laplacian(Tensor u, Tensor x, *, bool create_graph=True, str method=\"auto\", "
+  m.def("curl(Tensor v, Tensor x, *, bool create_graph=True, bool check_structure=False) -> Tensor", &curl);
+  m.def("laplacian(Tensor u, Tensor x, *, bool create_graph=True, bool check_structure=False, str method=\"auto\", "
         "int samples=1, Generator? generator=None) -> Tensor", &laplacian);
-  m.def("hessian(Tensor u, Tensor x, *, bool create_graph=True) -> Tensor", &hessian);
-  m.def("partial(Tensor u, Tensor x, int[] index, *, bool create_graph=True) -> Tensor", &partial);
-  m.def("derivative(Tensor y, Tensor x, int order=1, *, bool create_graph=True) -> Tensor",
+  m.def("hessian(Tensor u, Tensor x, *, bool create_graph=True, bool check_structure=False) -> Tensor", &hessian);
+  m.def("partial(Tensor u, Tensor x, int[] index, *, bool create_graph=True, bool check_structure=False) -> Tensor", &partial);
+  m.def("derivative(Tensor y, Tensor x, int order=1, *, bool create_graph=True, "
+        "bool check_structure=False) -> Tensor",
         &derivative);
 }
 

@@ -99,7 +99,7 @@ def estimator_table(generator, repeats=20):
             fn()
             t0 = time.perf_counter()
             for _ in range(repeats):
-                out = fn()
+                fn()
             timings[name] = (time.perf_counter() - t0) / repeats
         exact = diffops.divergence(v, z, create_graph=False)
         samples = torch.stack([hutchinson_divergence(v, z, generator).detach() for _ in range(64)])

@@ -5,6 +5,13 @@ Shapes: ``x`` is ``batch + (d,)``; a field ``u`` is ``batch + comp``. Points are
 coupling), which is what lets one product serve every point. Each docstring gives the cost in
 autograd products (reverse-mode vector-Jacobian products), independent of the number of points.
 
+Every operator also takes ``check_structure=False``. With ``True`` it first verifies the structure
+it relies on — ``u[n]`` depends on ``x[n]`` only (for :func:`derivative`: ``y[i]`` on ``x[i]`` only) —
+with the ones-seeded product and one product seeded with random per-point weights (two extra
+products and a device synchronisation, so not inside ``torch.compile``), and raises
+:class:`ValueError` naming the coupling: BatchNorm in training mode, attention across points,
+FNO-style mixing.
+
 Errors: bad arguments raise :class:`ValueError`; a broken graph (``u`` rebuilt with
 ``torch.tensor([...])``, ``x`` not requiring grad, ``x`` not in ``u``'s graph, no-grad or inference
 mode) raises :class:`RuntimeError`; messages start with the operator's name. A derivative that is
@@ -21,7 +28,9 @@ from torch import Tensor
 _ops = torch.ops.diffops
 
 
-def gradient(u: Tensor, x: Tensor | Sequence[Tensor], *, create_graph: bool = True) -> Tensor:
+def gradient(
+    u: Tensor, x: Tensor | Sequence[Tensor], *, create_graph: bool = True, check_structure: bool = False
+) -> Tensor:
     r"""Gradient :math:`\nabla u` of a field, per component.
 
     .. math:: \text{result}[n, c, j] = \frac{\partial u_c(x_n)}{\partial x_{n,j}}
@@ -59,11 +68,16 @@ def gradient(u: Tensor, x: Tensor | Sequence[Tensor], *, create_graph: bool = Tr
         [[[4.0, 1.0]], [[-6.0, 9.0]]]
     """
     if isinstance(x, Tensor):
-        return _ops.gradient(u, x, create_graph=create_graph)
+        return _ops.gradient(u, x, create_graph=create_graph, check_structure=check_structure)
+    if check_structure:
+        raise ValueError(
+            "gradient: check_structure is not available with separate coordinate tensors; "
+            "pass the points as one tensor x to check them"
+        )
     return _ops.gradient.coordinates(u, list(x), create_graph=create_graph)
 
 
-def jacobian(v: Tensor, x: Tensor, *, create_graph: bool = True) -> Tensor:
+def jacobian(v: Tensor, x: Tensor, *, create_graph: bool = True, check_structure: bool = False) -> Tensor:
     r"""Jacobian of a field: :math:`J_{ij} = \partial v_i / \partial x_j` at every point.
 
     Args:
@@ -89,11 +103,11 @@ def jacobian(v: Tensor, x: Tensor, *, create_graph: bool = True) -> Tensor:
         >>> torch.equal(diffops.jacobian(v, x), torch.func.vmap(torch.func.jacrev(f))(x))
         True
     """
-    return _ops.jacobian(v, x, create_graph=create_graph)
+    return _ops.jacobian(v, x, create_graph=create_graph, check_structure=check_structure)
 
 
 def directional_derivative(
-    u: Tensor, x: Tensor, direction: Tensor, *, create_graph: bool = True
+    u: Tensor, x: Tensor, direction: Tensor, *, create_graph: bool = True, check_structure: bool = False
 ) -> Tensor:
     r"""Directional derivative :math:`\nabla u \cdot w` per component (``w`` is not normalised).
 
@@ -119,10 +133,14 @@ def directional_derivative(
         >>> diffops.directional_derivative(u, x, torch.tensor([0.5, 2.0])).tolist()
         [4.0]
     """
-    return _ops.directional_derivative(u, x, direction, create_graph=create_graph)
+    return _ops.directional_derivative(
+        u, x, direction, create_graph=create_graph, check_structure=check_structure
+    )
 
 
-def normal_derivative(u: Tensor, x: Tensor, normals: Tensor, *, create_graph: bool = True) -> Tensor:
+def normal_derivative(
+    u: Tensor, x: Tensor, normals: Tensor, *, create_graph: bool = True, check_structure: bool = False
+) -> Tensor:
     r"""Normal derivative :math:`\partial u / \partial n = \nabla u \cdot n` at boundary points.
 
     The Neumann and Robin boundary terms of a PINN: ``normals[n]`` is the outward unit normal at
@@ -151,7 +169,7 @@ def normal_derivative(u: Tensor, x: Tensor, normals: Tensor, *, create_graph: bo
         >>> diffops.normal_derivative(u, x, n).tolist()
         [2.0, -1.0]
     """
-    return _ops.normal_derivative(u, x, normals, create_graph=create_graph)
+    return _ops.normal_derivative(u, x, normals, create_graph=create_graph, check_structure=check_structure)
 
 
 def divergence(
@@ -159,6 +177,7 @@ def divergence(
     x: Tensor,
     *,
     create_graph: bool = True,
+    check_structure: bool = False,
     method: str = "auto",
     samples: int = 1,
     generator: torch.Generator | None = None,
@@ -198,10 +217,18 @@ def divergence(
         >>> torch.func.vmap(lambda p: torch.func.jacrev(f)(p).trace())(x).tolist()
         [12.0]
     """
-    return _ops.divergence(v, x, create_graph=create_graph, method=method, samples=samples, generator=generator)
+    return _ops.divergence(
+        v,
+        x,
+        create_graph=create_graph,
+        check_structure=check_structure,
+        method=method,
+        samples=samples,
+        generator=generator,
+    )
 
 
-def curl(v: Tensor, x: Tensor, *, create_graph: bool = True) -> Tensor:
+def curl(v: Tensor, x: Tensor, *, create_graph: bool = True, check_structure: bool = False) -> Tensor:
     r"""Curl :math:`\nabla\times v` of a vector field in 3-D, or its scalar form in 2-D.
 
     .. math::
@@ -229,7 +256,7 @@ def curl(v: Tensor, x: Tensor, *, create_graph: bool = True) -> Tensor:
         >>> diffops.curl(v, x).tolist()
         [2.0]
     """
-    return _ops.curl(v, x, create_graph=create_graph)
+    return _ops.curl(v, x, create_graph=create_graph, check_structure=check_structure)
 
 
 def laplacian(
@@ -237,6 +264,7 @@ def laplacian(
     x: Tensor,
     *,
     create_graph: bool = True,
+    check_structure: bool = False,
     method: str = "auto",
     samples: int = 1,
     generator: torch.Generator | None = None,
@@ -276,10 +304,18 @@ def laplacian(
         >>> torch.func.vmap(lambda p: torch.func.hessian(f)(p).trace())(x).tolist()
         [4.0, -2.0]
     """
-    return _ops.laplacian(u, x, create_graph=create_graph, method=method, samples=samples, generator=generator)
+    return _ops.laplacian(
+        u,
+        x,
+        create_graph=create_graph,
+        check_structure=check_structure,
+        method=method,
+        samples=samples,
+        generator=generator,
+    )
 
 
-def hessian(u: Tensor, x: Tensor, *, create_graph: bool = True) -> Tensor:
+def hessian(u: Tensor, x: Tensor, *, create_graph: bool = True, check_structure: bool = False) -> Tensor:
     r"""Hessian :math:`H_{ij} = \partial^2 u / \partial x_i \partial x_j`, per component.
 
     Args:
@@ -304,10 +340,17 @@ def hessian(u: Tensor, x: Tensor, *, create_graph: bool = True) -> Tensor:
         >>> torch.equal(diffops.hessian(u, x), torch.func.vmap(torch.func.hessian(f))(x))
         True
     """
-    return _ops.hessian(u, x, create_graph=create_graph)
+    return _ops.hessian(u, x, create_graph=create_graph, check_structure=check_structure)
 
 
-def partial(u: Tensor, x: Tensor, index: int | Sequence[int], *, create_graph: bool = True) -> Tensor:
+def partial(
+    u: Tensor,
+    x: Tensor,
+    index: int | Sequence[int],
+    *,
+    create_graph: bool = True,
+    check_structure: bool = False,
+) -> Tensor:
     r"""Partial derivative of any order, given by a multi-index.
 
     .. math:: \text{index} = (i_1, \dots, i_k):\quad
@@ -337,10 +380,12 @@ def partial(u: Tensor, x: Tensor, index: int | Sequence[int], *, create_graph: b
         [24.0]
     """
     idx = [index] if isinstance(index, int) else list(index)
-    return _ops.partial(u, x, idx, create_graph=create_graph)
+    return _ops.partial(u, x, idx, create_graph=create_graph, check_structure=check_structure)
 
 
-def derivative(y: Tensor, x: Tensor, order: int = 1, *, create_graph: bool = True) -> Tensor:
+def derivative(
+    y: Tensor, x: Tensor, order: int = 1, *, create_graph: bool = True, check_structure: bool = False
+) -> Tensor:
     r"""Per-element derivative :math:`g^{(n)}(x)` of an elementwise map :math:`y = g(x)`.
 
     The Jacobian of an elementwise map is diagonal, so ONE product seeded with ones returns its
@@ -353,6 +398,8 @@ def derivative(y: Tensor, x: Tensor, order: int = 1, *, create_graph: bool = Tru
         x: tensor of any shape with ``requires_grad=True``.
         order: ``n >= 1``.
         create_graph: keep the result differentiable.
+        check_structure: first verify with one random probe product that the Jacobian is diagonal
+            (``y[i]`` depends on ``x[i]`` only); raises :class:`ValueError` otherwise.
 
     Returns:
         Tensor of shape ``x.shape``. Cost: ``order`` products.
@@ -370,4 +417,4 @@ def derivative(y: Tensor, x: Tensor, order: int = 1, *, create_graph: bool = Tru
         >>> torch.func.vmap(torch.func.grad(torch.func.grad(lambda t: t ** 3)))(x).tolist()
         [0.0, 6.0, 12.0]
     """
-    return _ops.derivative(y, x, order, create_graph=create_graph)
+    return _ops.derivative(y, x, order, create_graph=create_graph, check_structure=check_structure)

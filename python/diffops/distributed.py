@@ -99,7 +99,11 @@ def check_synchronized(module: torch.nn.Module, group: dist.ProcessGroup | None 
             rows.append(torch.zeros(3, dtype=torch.float64, device=ref.device))
         else:
             g = p.grad.detach().to(device=ref.device, dtype=torch.float64)
-            rows.append(torch.stack([torch.ones((), dtype=torch.float64, device=ref.device), g.sum(), g.square().sum()]))
+            rows.append(
+                torch.stack(
+                    [torch.ones((), dtype=torch.float64, device=ref.device), g.sum(), g.square().sum()]
+                )
+            )
     local = torch.stack(rows)
     if dist.get_backend(group) == dist.Backend.NCCL and local.device.type != "cuda":
         local = local.cuda()

@@ -224,6 +224,27 @@ TEST(Methods, LoopIsTheDefaultAndHutchinsonIsExactOnDiagonalJacobians) {
          "divergence: samples and generator are only used by method='hutchinson'");
 }
 
+TEST(Structure, CheckStructureCatchesCoupledPoints) {
+  torch::manual_seed(0);
+  auto x = torch::randn({12, 3}, torch::kFloat64).requires_grad_();
+  auto check = diffops::Options().check_structure(true);
+  auto independent = (x.sin() * x.select(1, 0).unsqueeze(1)).sum(-1);
+  EXPECT_TRUE(torch::equal(diffops::laplacian(independent, x, check), diffops::laplacian(independent, x)));
+  auto coupled = independent * independent.mean();  // every point sees the batch mean
+  try {
+    diffops::laplacian(coupled, x, check);
+    ADD_FAILURE() << "no exception";
+  } catch (const c10::ValueError& e) {
+    EXPECT_EQ(std::string(e.what_without_backtrace())
+                  .rfind("laplacian: check_structure: u[n] depends on points other than x[n]", 0),
+              0u)
+        << e.what_without_backtrace();
+  }
+  auto t = torch::linspace(-1, 1, 9, torch::kFloat64).requires_grad_();
+  EXPECT_THROW(diffops::derivative(torch::cumsum(t, 0), t, 1, check), c10::ValueError);
+  EXPECT_TRUE(torch::equal(diffops::derivative(t.sin(), t, 1, check), t.detach().cos()));
+}
+
 TEST(Errors, NameOperatorArgumentAndCause) {
   for (const auto& c : error_cases()) {
     SCOPED_TRACE(c.name);
