@@ -51,6 +51,20 @@ at::Tensor derivatives_row(T base, at::TensorList x, bool coordinates) {
   GilRelease g;
   return diffops::detail::derivatives_row(base, x, coordinates);
 }
+using OptionalTensors = c10::List<std::optional<at::Tensor>>;
+std::tuple<at::Tensor, at::Tensor> value_and_laplacian(T x, const OptionalTensors& weights,
+                                                       const OptionalTensors& biases,
+                                                       std::vector<std::string> kinds) {
+  GilRelease g;
+  TORCH_CHECK_VALUE(weights.size() == kinds.size() && biases.size() == kinds.size(),
+                    "value_and_laplacian: weights, biases and kinds must have one entry per step");
+  std::vector<diffops::Step> mlp;
+  for (size_t k = 0; k < kinds.size(); ++k) {
+    std::optional<at::Tensor> w = weights.get(k), b = biases.get(k);
+    mlp.push_back({kinds[k], w.value_or(at::Tensor()), b.value_or(at::Tensor())});
+  }
+  return diffops::value_and_laplacian(x, mlp);
+}
 at::Tensor jacobian(T v, T x, bool cg, bool cs) {
   GilRelease g;
   return diffops::jacobian(v, x, opts(cg, cs));
@@ -103,6 +117,10 @@ TORCH_LIBRARY(diffops, m) {
   // diffops.Derivatives (python/diffops/_derivatives.py): validation and one cached gradient row
   m.def("_derivatives_check(Tensor u, Tensor[] x, bool coordinates) -> ()", &derivatives_check);
   m.def("_derivatives_row(Tensor base, Tensor[] x, bool coordinates) -> Tensor", &derivatives_row);
+  // the function form's forward Laplacian (python/diffops/_function.py); undefined weights for
+  // activation steps
+  m.def("value_and_laplacian(Tensor x, Tensor?[] weights, Tensor?[] biases, str[] kinds)"
+        " -> (Tensor, Tensor)", &value_and_laplacian);
   m.def("jacobian(Tensor v, Tensor x, *, bool create_graph=True, bool check_structure=False) -> Tensor", &jacobian);
   m.def("directional_derivative(Tensor u, Tensor x, Tensor direction, *, bool create_graph=True, "
         "bool check_structure=False) -> Tensor", &directional_derivative);

@@ -26,6 +26,7 @@ if _torch.__version__ != _BUILT_WITH:
 
 from . import _C  # noqa: E402,F401  (registers torch.ops.diffops)
 from ._derivatives import Derivatives  # noqa: E402
+from ._function import Sin  # noqa: E402
 from ._ops import (  # noqa: E402
     curl,
     derivative,
@@ -44,6 +45,7 @@ cmake_prefix_path: str = _os.path.join(_os.path.dirname(__file__), "share", "cma
 
 __all__ = [
     "Derivatives",
+    "Sin",
     "cmake_prefix_path",
     "curl",
     "derivative",

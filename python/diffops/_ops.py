@@ -20,7 +20,7 @@ legitimately zero (the second derivative of a linear map) comes back as zeros.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -260,7 +260,7 @@ def curl(v: Tensor, x: Tensor, *, create_graph: bool = True, check_structure: bo
 
 
 def laplacian(
-    u: Tensor,
+    u: Tensor | Callable[[Tensor], Tensor],
     x: Tensor,
     *,
     create_graph: bool = True,
@@ -268,16 +268,27 @@ def laplacian(
     method: str = "auto",
     samples: int = 1,
     generator: torch.Generator | None = None,
-) -> Tensor:
+) -> Tensor | tuple[Tensor, Tensor]:
     r"""Laplacian :math:`\Delta u = \sum_i \partial^2 u / \partial x_i^2`, per component.
 
     For a vector field (``comp != ()``) this is the vector Laplacian, component by component.
 
+    **Function form**: ``laplacian(f, x)`` with a callable ``f`` (an ``nn.Module``) returns
+    ``(f(x), Δf(x))``, so a PDE residual needs one call. For a ``torch.nn.Sequential`` of ``Linear``
+    layers and elementwise activations (``Tanh``, :class:`diffops.Sin`, ``Sigmoid``, ``Softplus()``,
+    ``SiLU``, ``GELU()``, ``Identity``) ``method="auto"`` (or ``"forward"``) propagates the Laplacian
+    forward with the value in C++ — one pass carrying a ``d × width`` Jacobian per point, no reverse
+    products, differentiable for training. Anything else falls back to ``u = f(x)`` and the graph
+    form below (``method="forward"`` then raises instead).
+
     Args:
         u: field of shape ``batch + comp`` computed from ``x``; ``u[n]`` depends on ``x[n]`` only.
-        x: points of shape ``batch + (d,)`` with ``requires_grad=True``.
+            Or the model ``f`` itself (function form).
+        x: points of shape ``batch + (d,)`` with ``requires_grad=True`` (the function form needs no
+            ``requires_grad`` on its forward path).
         create_graph: keep the result differentiable (a PINN loss on it trains the network).
-        method: ``"auto"`` (currently ``"loop"``), ``"loop"`` (exact) or ``"hutchinson"``: the
+        method: ``"auto"`` (currently ``"loop"``; ``"forward"`` for a supported model in the function
+            form), ``"loop"`` (exact), ``"forward"`` (function form only) or ``"hutchinson"``: the
             unbiased estimate :math:`\frac1k\sum_s \varepsilon_s^\top H \varepsilon_s` with ``k = samples``
             Rademacher probes, one product each after the gradient. Variance of one probe at a point:
             :math:`2\sum_{i\ne j} H_{ij}^2`, divided by ``k``.
@@ -303,7 +314,17 @@ def laplacian(
         >>> f = lambda p: p[0] ** 2 * p[1]
         >>> torch.func.vmap(lambda p: torch.func.hessian(f)(p).trace())(x).tolist()
         [4.0, -2.0]
+        >>> net = torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1)).double()
+        >>> p = torch.rand(5, 2, dtype=torch.float64, requires_grad=True)
+        >>> value, lap = diffops.laplacian(net, p)          # forward Laplacian, shapes (5, 1)
+        >>> torch.allclose(lap, diffops.laplacian(net(p), p), rtol=1e-12, atol=1e-14)
+        True
     """
+    if callable(u) and not isinstance(u, Tensor):
+        from ._function import function_laplacian
+
+        options = dict(create_graph=create_graph, check_structure=check_structure, samples=samples, generator=generator)
+        return function_laplacian(u, x, method, **options)
     return _ops.laplacian(
         u,
         x,
