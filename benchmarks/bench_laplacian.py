@@ -13,13 +13,12 @@ methods run round-robin; ratio = time / the diffops function form's time.
 """
 
 import argparse
-import statistics
-import time
 
 import torch
 from torch.func import functional_call, grad, hessian, jvp, vmap
 
 import diffops
+from common import median_times
 
 
 def strategies(net, x):
@@ -73,20 +72,6 @@ def strategies(net, x):
     }
 
 
-def median_times(fns, repeats, cuda):
-    for fn in fns:
-        fn()
-    times = [[] for _ in fns]
-    for _ in range(repeats):
-        for fn, ts in zip(fns, times):
-            t0 = time.perf_counter()
-            fn()
-            if cuda:
-                torch.cuda.synchronize()
-            ts.append(time.perf_counter() - t0)
-    return [statistics.median(ts) for ts in times]
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--d", type=int, nargs="+", default=[2, 8, 32, 128])
@@ -120,8 +105,8 @@ def main():
 
             return step
 
-        evals = median_times(list(fns.values()), args.repeats, device.type == "cuda")
-        trains = median_times([trainer(f) for f in fns.values()], args.repeats, device.type == "cuda")
+        evals = median_times(list(fns.values()), args.repeats)
+        trains = median_times([trainer(f) for f in fns.values()], args.repeats)
         for name, te, tt in zip(fns, evals, trains):
             print(f"| {d} | {name} | {te * 1e3:.2f} | {tt * 1e3:.2f} | {tt / trains[0]:.2f}× |", flush=True)
 

@@ -23,12 +23,11 @@ backward to the parameters), methods run round-robin, and the ratio to Derivativ
 
 import argparse
 import platform
-import statistics
-import time
 
 import torch
 
 import diffops
+from common import median_times
 
 NU = 0.01
 
@@ -104,21 +103,6 @@ METHODS = {
     "DeepXDE-style cache": by_deepxde_style,
     "autograd.grad, one call per term": by_autograd_per_term,
 }
-
-
-def median_times(fns, repeats):
-    """Median seconds of each function, run round-robin after one warm-up each (no order bias)."""
-    for fn in fns:
-        fn()
-    times = [[] for _ in fns]
-    for _ in range(repeats):
-        for fn, ts in zip(fns, times):
-            t0 = time.perf_counter()
-            fn()
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
-            ts.append(time.perf_counter() - t0)
-    return [statistics.median(ts) for ts in times]
 
 
 def main():
