@@ -3,6 +3,7 @@
 
 #include <ATen/CPUGeneratorImpl.h>
 #include <diffops/diffops.h>
+#include <diffops/nn.h>
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
@@ -243,6 +244,27 @@ TEST(Structure, CheckStructureCatchesCoupledPoints) {
   auto t = torch::linspace(-1, 1, 9, torch::kFloat64).requires_grad_();
   EXPECT_THROW(diffops::derivative(torch::cumsum(t, 0), t, 1, check), c10::ValueError);
   EXPECT_TRUE(torch::equal(diffops::derivative(t.sin(), t, 1, check), t.detach().cos()));
+}
+
+TEST(FunctionForm, ForwardLaplacianEqualsTheGraphFormAndFallsBack) {
+  torch::manual_seed(0);
+  torch::nn::Sequential mlp(torch::nn::Linear(3, 16), torch::nn::Tanh(), torch::nn::Linear(16, 16),
+                            torch::nn::SiLU(), torch::nn::Linear(16, 2));
+  mlp->to(torch::kFloat64);
+  ASSERT_TRUE(diffops::mlp_steps(mlp).has_value());
+  auto x = torch::randn({7, 3}, torch::kFloat64).requires_grad_();
+  auto [u, lap] = diffops::laplacian(mlp, x);
+  EXPECT_TRUE(torch::allclose(u, mlp->forward(x), 1e-12, 1e-12));
+  EXPECT_TRUE(torch::allclose(lap, diffops::laplacian(mlp->forward(x), x), 1e-10, 1e-12));
+  // differentiable: a loss on it reaches the weights
+  lap.pow(2).mean().backward();
+  EXPECT_TRUE(mlp->parameters()[0].grad().defined());
+
+  torch::nn::Sequential relu(torch::nn::Linear(3, 8), torch::nn::ReLU(), torch::nn::Linear(8, 1));
+  relu->to(torch::kFloat64);
+  EXPECT_FALSE(diffops::mlp_steps(relu).has_value());
+  auto [v, lap_v] = diffops::laplacian(relu, x);  // graph form: zeros a.e. for ReLU
+  EXPECT_TRUE(torch::equal(lap_v, diffops::laplacian(relu->forward(x), x)));
 }
 
 TEST(Errors, NameOperatorArgumentAndCause) {
