@@ -319,6 +319,24 @@ at::Tensor CoordinateField::result(at::Tensor r) const {
   return r;
 }
 
+at::Tensor per_point_vectors(const char* op, const char* w_name, const at::Tensor& w,
+                             at::IntArrayRef points, const char* points_name,
+                             const at::Tensor& like, const char* like_name) {
+  TORCH_CHECK_VALUE(w.defined(), op, ": ", w_name, " is an undefined tensor");
+  TORCH_CHECK_VALUE(w.scalar_type() == like.scalar_type(), op, ": dtype mismatch: ", w_name,
+                    " is ", w.scalar_type(), " but ", like_name, " is ", like.scalar_type());
+  TORCH_CHECK_VALUE(w.device() == like.device(), op, ": device mismatch: ", w_name, " is on ",
+                    w.device(), " but ", like_name, " is on ", like.device());
+  const auto n = static_cast<int64_t>(points.size());
+  bool broadcastable = w.dim() <= n;
+  for (int64_t k = 1; broadcastable && k <= w.dim(); ++k)
+    broadcastable = w.size(-k) == points[n - k] || w.size(-k) == 1;
+  TORCH_CHECK_VALUE(broadcastable, op, ": ", w_name, " of shape ", w.sizes(),
+                    " does not broadcast to ", points_name, " ", points,
+                    " (one vector per point, or one for all)");
+  return w.expand(points);
+}
+
 void check_positive(const char* op, int64_t value, const char* what) {
   TORCH_CHECK_VALUE(value >= 1, op, ": ", what, " must be at least 1, got ", value);
 }

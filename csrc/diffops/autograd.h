@@ -122,6 +122,14 @@ at::Tensor vjp_or_zeros(const at::Tensor& out, const at::Tensor& input, const at
 // component. Shared by jacobian, gradient and curl.
 at::Tensor jacobian_of(const Field& f, bool create_graph);
 
+// Validates `w` (named `w_name`): vectors for points of shape `points` (batch + (d,), described as
+// `points_name` in errors), one per point
+// or broadcastable to them, in the dtype and on the device of `like` (named `like_name`); returns
+// w expanded to `points`. Shared by the directional and normal derivatives and the cache.
+at::Tensor per_point_vectors(const char* op, const char* w_name, const at::Tensor& w,
+                             at::IntArrayRef points, const char* points_name,
+                             const at::Tensor& like, const char* like_name);
+
 // Raises c10::ValueError unless `value` >= 1; `what` names the argument.
 void check_positive(const char* op, int64_t value, const char* what);
 

@@ -158,25 +158,10 @@ at::Tensor Derivatives::divergence() {
 
 at::Tensor Derivatives::normal_derivative(const at::Tensor& normals,
                                           std::optional<int64_t> component) {
-  TORCH_CHECK_VALUE(normals.defined(), kOp, ": normals is an undefined tensor");
-  TORCH_CHECK_VALUE(normals.scalar_type() == u_.scalar_type(), kOp,
-                    ": dtype mismatch: normals is ", normals.scalar_type(), " but u is ",
-                    u_.scalar_type());
-  TORCH_CHECK_VALUE(normals.device() == u_.device(), kOp, ": device mismatch: normals is on ",
-                    normals.device(), " but u is on ", u_.device());
   std::vector<int64_t> shape = batch_;
   shape.push_back(d_);
-  const bool broadcastable = normals.dim() <= static_cast<int64_t>(shape.size()) && [&] {
-    for (int64_t k = 1; k <= normals.dim(); ++k) {
-      const auto a = normals.size(-k), b = shape[shape.size() - k];
-      if (a != b && a != 1) return false;
-    }
-    return true;
-  }();
-  TORCH_CHECK_VALUE(broadcastable, kOp, ": normals of shape ", normals.sizes(),
-                    " does not broadcast to the points' shape ", at::IntArrayRef(shape),
-                    " (one normal per point)");
-  const auto n = normals.expand(shape);
+  const auto n =
+      detail::per_point_vectors(kOp, "normals", normals, shape, "the points' shape", u_, "u");
   return per_component(component, [&](int64_t c) { return (row(c, {}) * n).sum(-1); }, {});
 }
 

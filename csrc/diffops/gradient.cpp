@@ -36,22 +36,8 @@ at::Tensor along(const char* op, const char* w_name, const at::Tensor& u, const 
   detail::Field f(op, u, x);
   detail::wants_hutchinson(op, options, x, /*stochastic=*/false);
   f.check_structure(options.check_structure());
-  TORCH_CHECK_VALUE(direction.defined(), op, ": ", w_name, " is an undefined tensor");
-  TORCH_CHECK_VALUE(direction.scalar_type() == x.scalar_type(), op, ": dtype mismatch: ", w_name,
-                    " is ", direction.scalar_type(), " but x is ", x.scalar_type());
-  TORCH_CHECK_VALUE(direction.device() == x.device(), op, ": device mismatch: ", w_name,
-                    " is on ", direction.device(), " but x is on ", x.device());
-  const bool broadcastable = direction.dim() <= x.dim() && [&] {
-    for (int64_t k = 1; k <= direction.dim(); ++k) {
-      const auto a = direction.size(-k), b = x.size(-k);
-      if (a != b && a != 1) return false;
-    }
-    return true;
-  }();
-  TORCH_CHECK_VALUE(broadcastable, op, ": ", w_name, " of shape ", direction.sizes(),
-                    " does not broadcast to x's shape ", x.sizes(), " (one vector per point)");
+  const auto dir = detail::per_point_vectors(op, w_name, direction, x.sizes(), "x's shape", x, "x");
   const bool keep = f.keep(options.create_graph());
-  const auto dir = direction.expand(x.sizes());  // batch + (d,)
   if (f.components == 1) {
     return f.result((f.vjp_field(f.component_seed(0), keep) * dir).sum(-1).reshape(u.sizes()));
   }

@@ -6,6 +6,8 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include "expect_error.h"
+
 #include <functional>
 #include <map>
 #include <string>
@@ -119,14 +121,7 @@ TEST(CacheGraph, LinearFieldAndNoGrad) {
 }
 
 TEST(CacheErrors, NameTheArgumentAndTheCause) {
-  auto expect = [](const std::function<void()>& call, const std::string& prefix) {
-    try {
-      call();
-      ADD_FAILURE() << "no exception, expected " << prefix;
-    } catch (const c10::Error& e) {
-      EXPECT_EQ(std::string(e.what_without_backtrace()).rfind(prefix, 0), 0u) << e.what_without_backtrace();
-    }
-  };
+  auto expect = expect_error<c10::Error>;
   auto x = dyadic(torch::kFloat64).requires_grad_();
   auto u = [&] { return field(x.select(-1, 0), x.select(-1, 1), x.select(-1, 2)); };
   expect([&] { diffops::Derivatives(torch::ones({4}), torch::ones({4, 3})); },
