@@ -1,6 +1,7 @@
-"""The function form laplacian(f, x) -> (f(x), Δf(x)): the C++ forward Laplacian for MLPs equals the
-graph form for every supported activation (float64 round-off), trains the same, and anything else
-falls back to the graph form."""
+"""The function form op(f, x) -> (f(x), D f(x)) for laplacian, hessian, divergence and jacobian: the
+C++ forward propagation for MLPs and forward-over-reverse for any callable equal the graph form for
+every supported activation (float64 round-off), train the same, and anything else falls back to the
+graph form."""
 
 import pytest
 import torch
@@ -82,5 +83,62 @@ def test_other_models_fall_back_to_the_graph_form(model):
 def test_forward_laplacian_errors_name_the_step():
     net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1))  # float32
     x = torch.randn(5, 3, dtype=torch.float64)
-    with pytest.raises(ValueError, match=r"^value_and_laplacian: step 0 \(linear\): weight is Float on cpu but x is Double"):
+    with pytest.raises(ValueError, match=r"^laplacian: step 0 \(linear\): weight is Float on cpu but x is Double"):
         diffops.laplacian(net, x)
+
+
+@pytest.mark.parametrize("name", ACTIVATIONS)
+def test_forward_hessian_jacobian_divergence_equal_the_graph_form(name, device):
+    net = mlp(ACTIVATIONS[name], device=device)
+    field = mlp(ACTIVATIONS[name], out=3, device=device)  # a vector field in d = 3
+    x = 3 * torch.randn(4, 5, 3, dtype=torch.float64, device=device, requires_grad=True)
+    u, v = net(x), field(x)
+    for op, model, graph_field, shape in [("hessian", net, u, (4, 5, 2, 3, 3)), ("jacobian", net, u, (4, 5, 2, 3)),
+                                          ("divergence", field, v, (4, 5))]:
+        operator = getattr(diffops, op)
+        value, got = operator(model, x)
+        assert got.shape == shape and diffops.explain(op, model, x).method == "forward"
+        torch.testing.assert_close(value, model(x), **CLOSE)
+        torch.testing.assert_close(got, operator(graph_field, x), **CLOSE)
+
+
+@pytest.mark.parametrize("op", ["laplacian", "hessian"])
+@pytest.mark.parametrize("model", ["mlp", "custom"])
+def test_forward_over_reverse_equals_the_graph_form_and_trains(op, model, device):
+    net = mlp(torch.nn.Tanh, d=3, out=2, device=device) if model == "mlp" else Residual().double().to(device)
+    operator = getattr(diffops, op)
+    x = torch.randn(7, 3, dtype=torch.float64, device=device, requires_grad=True)
+    value, got = operator(net, x, method="forward-over-reverse")
+    u = net(x)
+    want = operator(u, x)
+    torch.testing.assert_close(value, u, **CLOSE)
+    torch.testing.assert_close(got, want, **CLOSE)
+    params = list(net.parameters())
+    grads = torch.autograd.grad(got.square().sum() + value.sum(), params)
+    expected = torch.autograd.grad(want.square().sum() + u.sum(), params, materialize_grads=True)
+    for g, w in zip(grads, expected):
+        torch.testing.assert_close(g, w, **CLOSE)
+    x_plain = x.detach()  # forward-over-reverse needs no requires_grad on x
+    torch.testing.assert_close(operator(net, x_plain, method="forward-over-reverse")[1], want.detach(), **CLOSE)
+
+
+def test_forward_over_reverse_of_a_linear_map_is_exactly_zero():
+    w = torch.tensor([[1.0, -2.0], [0.5, 3.0]], dtype=torch.float64)
+    x = torch.randn(5, 2, dtype=torch.float64)
+    value, hess = diffops.hessian(lambda p: p @ w, x, method="forward-over-reverse")
+    assert torch.equal(value, x @ w) and torch.equal(hess, torch.zeros(5, 2, 2, 2, dtype=torch.float64))
+
+
+def test_function_form_errors():
+    x = torch.randn(4, 3, dtype=torch.float64)
+    net = mlp(torch.nn.Tanh, out=2)
+    with pytest.raises(ValueError, match=r"^divergence: the model maps d = 3 coordinates to 2 components"):
+        diffops.divergence(net, x)
+    with pytest.raises(ValueError, match=r"^jacobian: method 'forward-over-reverse' is for laplacian and hessian"):
+        diffops.jacobian(net, x, method="forward-over-reverse")
+    with pytest.raises(ValueError, match=r"^laplacian: f must map points of shape \(P, d\) to a floating field"):
+        diffops.laplacian(lambda p: p.sum(), x, method="forward-over-reverse")
+    with pytest.raises(RuntimeError, match=r"^laplacian: f's output has no graph to x"):
+        diffops.laplacian(lambda p: p.detach().sum(-1), x, method="forward-over-reverse")
+    with pytest.raises(ValueError, match=r"^hessian: method='forward' needs f to be a torch\.nn\.Sequential"):
+        diffops.hessian(Residual().double(), x, method="forward")

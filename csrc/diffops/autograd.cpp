@@ -2,6 +2,7 @@
 
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
+#include <ATen/LegacyVmapMode.h>
 #include <c10/core/InferenceMode.h>
 #include <torch/csrc/autograd/autograd.h>
 
@@ -108,15 +109,28 @@ void check_u(const char* op, const char* u_name, const at::Tensor& u) {
 
 // v^T (d out/d inputs), retaining the graph so the caller's u stays differentiable after the
 // call; an undefined tensor for an input out does not depend on. The only call into autograd.
+// With `batched`, v holds B seeds stacked on a new leading axis and all B products run in one
+// reverse pass: the seeds enter as a batched tensor of torch's legacy vmap, as
+// torch.autograd.grad(..., is_grads_batched=True) does, and the results come back as (B,) + shape.
 std::vector<at::Tensor> raw_vjp(const at::Tensor& out, const std::vector<at::Tensor>& inputs,
-                                const at::Tensor& v, bool create_graph) {
-  return torch::autograd::grad({out}, inputs, {v}, /*retain_graph=*/true, create_graph,
-                               /*allow_unused=*/true);
+                                const at::Tensor& v, bool create_graph, bool batched = false) {
+  if (!batched)
+    return torch::autograd::grad({out}, inputs, {v}, /*retain_graph=*/true, create_graph,
+                                 /*allow_unused=*/true);
+  const int64_t level = at::impl::VmapMode::increment_nesting();
+  struct Exit {
+    ~Exit() { at::impl::VmapMode::decrement_nesting(); }
+  } exit_vmap;
+  auto grads = torch::autograd::grad({out}, inputs, {at::_add_batch_dim(v, 0, level)},
+                                     /*retain_graph=*/true, create_graph, /*allow_unused=*/true);
+  for (auto& g : grads)
+    if (g.defined()) g = at::_remove_batch_dim(g, level, v.size(0), 0);
+  return grads;
 }
 
 at::Tensor raw_vjp(const at::Tensor& out, const at::Tensor& input, const at::Tensor& v,
-                   bool create_graph) {
-  return raw_vjp(out, std::vector<at::Tensor>{input}, v, create_graph)[0];
+                   bool create_graph, bool batched = false) {
+  return raw_vjp(out, std::vector<at::Tensor>{input}, v, create_graph, batched)[0];
 }
 
 // Seed of u's shape selecting scalar component c (of `components` per point) at every point.
@@ -188,6 +202,22 @@ at::Tensor Field::vjp(const at::Tensor& out, const at::Tensor& v, bool create_gr
   return vjp_or_zeros(out, x, v, create_graph);
 }
 
+at::Tensor Field::vjp_field_batched(const at::Tensor& seeds, bool create_graph) const {
+  if (derived_) return vjp_batched(u, seeds, create_graph);
+  auto g = raw_vjp(u, x, seeds, create_graph, /*batched=*/true);
+  TORCH_CHECK(g.defined(), op, ": ", not_in_graph(u_name, "x"));
+  return g;
+}
+
+at::Tensor Field::vjp_batched(const at::Tensor& out, const at::Tensor& seeds,
+                              bool create_graph) const {
+  std::vector<int64_t> shape{seeds.size(0)};
+  shape.insert(shape.end(), x.sizes().begin(), x.sizes().end());
+  if (!out.requires_grad()) return at::zeros(shape, x.options());
+  auto g = raw_vjp(out, x, seeds, create_graph, /*batched=*/true);
+  return g.defined() ? g : at::zeros(shape, x.options());
+}
+
 at::Tensor vjp_or_zeros(const at::Tensor& out, const at::Tensor& input, const at::Tensor& v,
                         bool create_graph) {
   if (!out.requires_grad()) return at::zeros_like(input);
@@ -229,6 +259,24 @@ void Field::check_structure(bool enabled) const {
 
 at::Tensor Field::component_seed(int64_t c) const { return one_hot(u, components, c); }
 
+at::Tensor Field::component_seeds(int64_t c0, int64_t n) const {
+  std::vector<int64_t> shape{n};
+  shape.insert(shape.end(), u.sizes().begin(), u.sizes().end());
+  auto seeds = at::zeros(shape, u.options());
+  auto flat = seeds.view({n, -1, components});
+  for (int64_t k = 0; k < n; ++k) flat.select(0, k).select(1, c0 + k).fill_(1);
+  return seeds;
+}
+
+at::Tensor Field::coordinate_seeds() const {
+  std::vector<int64_t> shape{d};
+  shape.insert(shape.end(), x.sizes().begin(), x.sizes().end());
+  auto seeds = at::zeros(shape, x.options());
+  auto flat = seeds.view({d, -1, d});
+  for (int64_t i = 0; i < d; ++i) flat.select(0, i).select(1, i).fill_(1);
+  return seeds;
+}
+
 at::Tensor Field::coordinate_seed(int64_t i) const {
   auto seed = at::zeros(x.sizes(), x.options());
   seed.select(-1, i).fill_(1);
@@ -250,11 +298,16 @@ std::vector<int64_t> Field::comp_and(std::initializer_list<int64_t> tail) const 
 }
 
 // Row c of the Jacobian at every point comes from one product seeded with component c.
-at::Tensor jacobian_of(const Field& f, bool create_graph) {
+at::Tensor jacobian_of(const Field& f, bool create_graph, bool batched) {
+  const bool keep = f.keep(create_graph);
+  if (batched) {  // all rows in one pass: (C,) + batch + (d,) -> batch + (C, d)
+    auto rows = f.vjp_field_batched(f.component_seeds(0, f.components), keep);
+    return f.stack(rows.unbind(0), f.comp_and({f.d}));
+  }
   std::vector<at::Tensor> rows;
   rows.reserve(f.components);
   for (int64_t c = 0; c < f.components; ++c)
-    rows.push_back(f.vjp_field(f.component_seed(c), f.keep(create_graph)));  // batch + (d,)
+    rows.push_back(f.vjp_field(f.component_seed(c), keep));  // batch + (d,)
   return f.stack(rows, f.comp_and({f.d}));
 }
 
@@ -337,30 +390,69 @@ at::Tensor per_point_vectors(const char* op, const char* w_name, const at::Tenso
   return w.expand(points);
 }
 
+std::vector<int64_t> vector_field_comp(const Field& f) {
+  TORCH_CHECK_VALUE(!f.comp.empty() && f.comp.back() == f.d, f.op, ": v has shape ",
+                    f.u.sizes(), " and x has shape ", f.x.sizes(), ": v's last axis must hold the ",
+                    f.d, " components of a vector field in d = ", f.d, " dimensions");
+  return {f.comp.begin(), f.comp.end() - 1};
+}
+
 void check_positive(const char* op, int64_t value, const char* what) {
   TORCH_CHECK_VALUE(value >= 1, op, ": ", what, " must be at least 1, got ", value);
 }
 
-bool wants_hutchinson(const char* op, const Options& options, const at::Tensor& x,
-                      bool stochastic) {
-  const auto& method = options.method();
-  const bool hutchinson = stochastic && method == "hutchinson";
-  TORCH_CHECK_VALUE(method == "auto" || method == "loop" || hutchinson, op,
-                    ": method must be one of ",
-                    stochastic ? "'auto', 'loop', 'hutchinson'" : "'auto', 'loop'", ", got '",
-                    method, "'");
-  if (!hutchinson) {
-    TORCH_CHECK_VALUE(options.samples() == 1 && !options.generator().has_value(), op,
-                      ": samples and generator are only used by method='hutchinson' (method is '",
-                      method, "')");
-    return false;
+std::tuple<at::Tensor, at::Tensor> forward_over_reverse(
+    const char* op, const std::function<at::Tensor(const at::Tensor&)>& f, const at::Tensor& x,
+    bool create_graph) {
+  TORCH_CHECK_VALUE(x.defined() && is_real_floating(x), op,
+                    ": x must be a tensor with a real floating dtype");
+  TORCH_CHECK_VALUE(x.dim() >= 1, op, ": x must have shape batch + (d,)");
+  TORCH_CHECK(!c10::InferenceMode::is_enabled(), op,
+              ": called inside torch.inference_mode(), where autograd is off");
+  const bool grad_at_call = c10::GradMode::is_enabled();
+  c10::AutoGradMode enable(true);
+  const auto d = x.size(-1);
+  const auto points = x.reshape({-1, d});
+  const auto n = points.size(0);
+  auto stacked = points.unsqueeze(0).expand({d, n, d}).reshape({d * n, d});
+  if (!stacked.requires_grad()) stacked = stacked.detach().requires_grad_();
+  auto tangents = at::eye(d, x.options()).unsqueeze(1).expand({d, n, d}).reshape({d * n, d});
+
+  namespace fwd = torch::autograd::forward_ad;
+  const auto level = fwd::enter_dual_level();
+  struct Exit {
+    uint64_t level;
+    ~Exit() { fwd::exit_dual_level(level); }
+  } exit_level{level};
+  const auto dual = at::_make_dual(stacked, tangents, static_cast<int64_t>(level));
+  const auto u = f(dual);
+  TORCH_CHECK_VALUE(u.defined() && is_real_floating(u) && u.dim() >= 1 && u.size(0) == d * n, op,
+                    ": f must map points of shape (P, d) to a floating field of shape (P,) + comp; "
+                    "called on ", d * n, " stacked points, it returned ",
+                    u.defined() ? u.sizes() : at::IntArrayRef{});
+  TORCH_CHECK(u.requires_grad(), op, ": f's output has no graph to x: it was computed from other "
+              "tensors, detached, or under torch.no_grad()");
+  auto comp = u.sizes().slice(1).vec();
+  int64_t components = 1;
+  for (auto c : comp) components *= c;
+  std::vector<at::Tensor> columns;  // per component: (n, d, d)
+  for (int64_t c = 0; c < components; ++c) {
+    auto g = raw_vjp(u, dual, one_hot(u, components, c), /*create_graph=*/true);
+    TORCH_CHECK(g.defined(), op, ": f's output does not depend on its input");
+    auto tangent = std::get<1>(at::_unpack_dual(g, static_cast<int64_t>(level)));
+    columns.push_back(tangent.defined() ? tangent.view({d, n, d}).permute({1, 2, 0})
+                                        : at::zeros({n, d, d}, x.options()));  // f is linear
   }
-  check_positive(op, options.samples(), "samples");
-  if (options.generator().has_value())
-    TORCH_CHECK_VALUE(options.generator()->device().type() == x.device().type(), op,
-                      ": generator is on ", options.generator()->device(), " but x is on ",
-                      x.device(), "; the probes are drawn on x's device");
-  return true;
+  auto value = std::get<0>(at::_unpack_dual(u, static_cast<int64_t>(level))).narrow(0, 0, n);
+  auto batch = x.sizes().slice(0, x.dim() - 1).vec();
+  auto shape = batch;
+  shape.insert(shape.end(), comp.begin(), comp.end());
+  value = value.reshape(shape);
+  shape.push_back(d);
+  shape.push_back(d);
+  auto H = at::stack(columns, 1).reshape(shape);
+  if (!grad_at_call) return {value.detach(), H.detach()};
+  return {value, create_graph ? H : H.detach()};
 }
 
 at::Tensor rademacher(const at::Tensor& x, const std::optional<at::Generator>& generator) {

@@ -6,9 +6,12 @@
 #include <c10/core/GradMode.h>
 
 #include <cstdint>
+#include <functional>
 #include <initializer_list>
+#include <tuple>
 #include <vector>
 
+#include "diffops/explain.h"
 #include "diffops/options.h"
 
 namespace diffops::detail {
@@ -35,6 +38,10 @@ class Field {
   // v^T (d out/dx) for a tensor that diffops derived from u. An `out` that does not depend on x
   // is a legitimately zero derivative (a linear map's second derivative): zeros, not an error.
   at::Tensor vjp(const at::Tensor& out, const at::Tensor& v, bool create_graph) const;
+  // The batched forms: `seeds` stacks B seeds on a new leading axis, (B,) + u.shape (or
+  // + out.shape); all B products run in one reverse pass and return (B,) + x.shape.
+  at::Tensor vjp_field_batched(const at::Tensor& seeds, bool create_graph) const;
+  at::Tensor vjp_batched(const at::Tensor& out, const at::Tensor& seeds, bool create_graph) const;
 
   // With `enabled`: raises c10::ValueError unless u[n] depends on x[n] only (elementwise layout: u[i]
   // on x[i] only), tested with the ones-seeded product of component 0 and one product seeded with
@@ -45,6 +52,10 @@ class Field {
   at::Tensor component_seed(int64_t c) const;
   // Seed of x's shape selecting coordinate i at every point.
   at::Tensor coordinate_seed(int64_t i) const;
+  // component_seed(c0 + k) for k < n, stacked: (n,) + u.shape.
+  at::Tensor component_seeds(int64_t c0, int64_t n) const;
+  // coordinate_seed(i) for every i < d, stacked: (d,) + x.shape.
+  at::Tensor coordinate_seeds() const;
   // Stacks per-point results (each batch + something) along a new axis after the batch axes and
   // reshapes to batch + after_batch; zeros of that shape when `parts` is empty.
   at::Tensor stack(const std::vector<at::Tensor>& parts, std::vector<int64_t> after_batch) const;
@@ -119,8 +130,12 @@ at::Tensor vjp_or_zeros(const at::Tensor& out, const at::Tensor& input, const at
                         bool create_graph);
 
 // The Jacobian J[..., i, j] = ∂u_i/∂x_j of f's field, shape batch + comp + (d,): one product per
-// component. Shared by jacobian, gradient and curl.
-at::Tensor jacobian_of(const Field& f, bool create_graph);
+// component, or all of them in one batched pass. Shared by jacobian, gradient and curl.
+at::Tensor jacobian_of(const Field& f, bool create_graph, bool batched);
+
+// For divergence and curl: checks that v's last axis holds the d components of a vector field;
+// returns the shape of the other component axes, comp'.
+std::vector<int64_t> vector_field_comp(const Field& f);
 
 // Validates `w` (named `w_name`): vectors for points of shape `points` (batch + (d,), described as
 // `points_name` in errors), one per point
@@ -133,9 +148,29 @@ at::Tensor per_point_vectors(const char* op, const char* w_name, const at::Tenso
 // Raises c10::ValueError unless `value` >= 1; `what` names the argument.
 void check_positive(const char* op, int64_t value, const char* what);
 
-// Validates options.method for `op` (`stochastic`: whether op offers "hutchinson") and the options
-// that only "hutchinson" uses; returns whether Hutchinson's estimator was asked for.
-bool wants_hutchinson(const char* op, const Options& options, const at::Tensor& x, bool stochastic);
+// The strategies behind Options::method, resolved from "auto" (defined in explain.cpp).
+enum class Method { loop, batched, hutchinson };
+struct Choice {
+  Method method;
+  Plan plan;  // what diffops::explain reports for this call
+};
+// Validates options.method for `op` (and the options only "hutchinson" uses) and resolves "auto"
+// for a field with `components` scalar components per point in d coordinates. `order` is the
+// number of nested products (partial, derivative).
+Choice choose(const char* op, const Options& options, const at::Tensor& x, int64_t d,
+              int64_t components, int64_t order = 1);
+inline Choice choose(const Field& f, const Options& options, int64_t order = 1) {
+  return choose(f.op, options, f.x, f.d, f.components, order);
+}
+
+// Forward-over-reverse for the function form: (f(x), H) with H of shape batch + comp + (d, d).
+// x's points are stacked d times (d·N points: f must treat points independently), copy k carrying
+// the forward-mode tangent e_k; one reverse pass per component of f on those dual points returns
+// ∇u with tangent H e_k, column k of the Hessian.
+std::tuple<at::Tensor, at::Tensor> forward_over_reverse(
+    const char* op, const std::function<at::Tensor(const at::Tensor&)>& f, const at::Tensor& x,
+    bool create_graph);
+
 // Rademacher probe (entries ±1) of x's shape, dtype and device.
 at::Tensor rademacher(const at::Tensor& x, const std::optional<at::Generator>& generator);
 

@@ -30,7 +30,7 @@ at::Tensor derivatives_row(const at::Tensor& base, at::TensorList x, bool coordi
     return f.result(f.gradient(/*create_graph=*/true));
   }
   Field f(kOp, base, x[0]);
-  return f.result(jacobian_of(f, /*create_graph=*/true));
+  return f.result(jacobian_of(f, /*create_graph=*/true, /*batched=*/false));
 }
 
 }  // namespace detail

@@ -8,6 +8,7 @@
 
 #include "diffops/derivatives.h"
 #include "diffops/divergence.h"
+#include "diffops/explain.h"
 #include "diffops/function.h"
 #include "diffops/gradient.h"
 #include "diffops/laplacian.h"

@@ -5,28 +5,18 @@
 #include "diffops/autograd.h"
 
 namespace diffops {
-namespace {
-
-// Checks that v's last axis holds the d components of a vector field; returns comp'.
-std::vector<int64_t> vector_field_comp(const detail::Field& f) {
-  TORCH_CHECK_VALUE(!f.comp.empty() && f.comp.back() == f.d, f.op, ": v has shape ",
-                    f.u.sizes(), " and x has shape ", f.x.sizes(), ": v's last axis must hold the ",
-                    f.d, " components of a vector field in d = ", f.d, " dimensions");
-  return {f.comp.begin(), f.comp.end() - 1};
-}
-
-}  // namespace
 
 at::Tensor divergence(const at::Tensor& v, const at::Tensor& x, const Options& options) {
   detail::Field f("divergence", v, x, detail::Layout::pointwise, "v");
-  auto outer = vector_field_comp(f);
-  const bool hutchinson = detail::wants_hutchinson("divergence", options, x, /*stochastic=*/true);
+  auto outer = detail::vector_field_comp(f);
+  const auto method = detail::choose(f, options).method;
   f.check_structure(options.check_structure());
   const bool keep = f.keep(options.create_graph());
   std::vector<at::Tensor> parts;
   for (int64_t c = 0; c < f.components; c += f.d) {
     at::Tensor sum;  // batch
-    if (hutchinson) {  // εᵀJε: seed this vector field's components with ε, dot the product with ε
+    if (method == detail::Method::hutchinson) {
+      // εᵀJε: seed this vector field's components with ε, dot the product with ε
       for (int64_t s = 0; s < options.samples(); ++s) {
         auto eps = detail::rademacher(x, options.generator());  // batch + (d,)
         auto seed = at::zeros(v.sizes(), v.options());
@@ -35,6 +25,9 @@ at::Tensor divergence(const at::Tensor& v, const at::Tensor& x, const Options& o
         sum = sum.defined() ? sum + term : term;
       }
       sum = sum / static_cast<double>(options.samples());
+    } else if (method == detail::Method::batched) {  // the d rows in one pass, keep the diagonal
+      auto rows = f.vjp_field_batched(f.component_seeds(c, f.d), keep);  // (d,) + batch + (d,)
+      sum = rows.diagonal(0, 0, -1).sum(-1);
     } else {  // the diagonal, one entry per product
       for (int64_t i = 0; i < f.d; ++i) {
         auto term = f.vjp_field(f.component_seed(c + i), keep).select(-1, i);
@@ -50,10 +43,11 @@ at::Tensor curl(const at::Tensor& v, const at::Tensor& x, const Options& options
   detail::Field f("curl", v, x, detail::Layout::pointwise, "v");
   TORCH_CHECK_VALUE(f.d == 2 || f.d == 3, "curl: defined for d = 2 or d = 3 coordinates, but x "
                     "has shape ", x.sizes(), " (d = ", f.d, ")");
-  vector_field_comp(f);
-  detail::wants_hutchinson("curl", options, x, /*stochastic=*/false);
+  detail::vector_field_comp(f);
+  const auto method = detail::choose(f, options).method;
   f.check_structure(options.check_structure());
-  auto J = detail::jacobian_of(f, options.create_graph());  // batch + comp' + (d, d)
+  // batch + comp' + (d, d)
+  auto J = detail::jacobian_of(f, options.create_graph(), method == detail::Method::batched);
   auto dj = [&](int64_t i, int64_t j) { return J.select(-2, i).select(-1, j); };  // ∂v_i/∂x_j
   if (f.d == 2) return f.result(dj(1, 0) - dj(0, 1));
   return f.result(

@@ -1,18 +1,25 @@
 #pragma once
-// The function form: operators that see the model, not just its finished graph. For a
-// multilayer perceptron (Linear layers and elementwise activations) the Laplacian is propagated
-// forward with the value (the "forward Laplacian", i.e. collapsed Taylor mode): each layer carries
-// (h, ∂h/∂x, Δh) for all d coordinates at once,
-//   Linear:      h ← W h + b,      J ← J Wᵀ,      L ← L Wᵀ
-//   activation:  h ← σ(h),         J ← σ'(h) J,    L ← σ'(h) L + σ''(h) Σ_i J_i²
+// The function form: operators that see the model, not just its finished graph, and return the
+// field's value with its derivative, (u, Du), so that a PDE residual needs one call.
+//
+// For a multilayer perceptron (Linear layers and elementwise activations) the derivatives are
+// propagated forward with the value (the "forward Laplacian", i.e. collapsed Taylor mode): each
+// layer carries h, J = ∂h/∂x (d tangents) and, as asked, L = Δh or the Hessian H, for all d
+// coordinates at once,
+//   Linear:      h ← W h + b,   J ← J Wᵀ,       L ← L Wᵀ,                        H ← H Wᵀ
+//   activation:  h ← σ(h),      J ← σ'(h) J,    L ← σ'(h) L + σ''(h) Σ_i J_i²,   H ← σ'(h) H + σ''(h) J ⊗ J
 // so one pass replaces the 1 + d reverse products of the graph form. Built from ATen ops: the
-// result is differentiable, a PINN loss on it trains the weights.
+// result is differentiable, a PINN loss on it trains the weights. <diffops/nn.h> applies it to
+// torch::nn::Sequential models; any callable gets the graph form or forward-over-reverse.
 
 #include <ATen/core/Tensor.h>
 
+#include <functional>
 #include <string>
 #include <tuple>
 #include <vector>
+
+#include "diffops/options.h"
 
 namespace diffops {
 
@@ -25,13 +32,35 @@ struct Step {
   at::Tensor bias{};
 };
 
-/// Activation kinds the forward Laplacian supports.
+/// Activation kinds the forward propagation supports.
 const std::vector<std::string>& forward_laplacian_activations();
 
-/// (u, Δu) for u = mlp(x) with x of shape batch + (d,): u has shape batch + (m,) (m = the last
-/// layer's width), Δu the same shape (per output component). Cost: one forward pass carrying a
-/// (d × width) Jacobian per point, no reverse products.
-std::tuple<at::Tensor, at::Tensor> value_and_laplacian(const at::Tensor& x,
-                                                       const std::vector<Step>& mlp);
+/// (u, D u) for u = mlp(x), x of shape batch + (d,), u of shape batch + (m,) (m: the last layer's
+/// width), in one forward pass ("forward" in diffops::explain). `op` picks D:
+///   "jacobian"   ∂u_i/∂x_j, batch + (m, d)         (carries d tangents per point)
+///   "divergence" Σ_i ∂u_i/∂x_i, batch; needs m = d  (d tangents)
+///   "laplacian"  Δu_i, batch + (m,)                 (d tangents + 1 collapsed second order)
+///   "hessian"    ∂²u_i/∂x_j∂x_k, batch + (m, d, d)  (d tangents + d² second order)
+std::tuple<at::Tensor, at::Tensor> value_and_derivative(const std::string& op,
+                                                        const at::Tensor& x,
+                                                        const std::vector<Step>& mlp);
+
+/// A field as a function of the points: batch + (d,) -> batch + comp.
+using Function = std::function<at::Tensor(const at::Tensor&)>;
+
+/// Function form for any callable f: (f(x), D f(x)) with D the operator of the same name.
+/// Options::method as for the graph form ("auto", "loop", "batched", "hutchinson"), computed
+/// on u = f(x) (x must then require grad), plus for laplacian and hessian
+/// "forward-over-reverse": x's d coordinate directions become forward-mode tangents of d stacked
+/// copies of the points (points are independent), and one reverse pass through f on those dual
+/// points gives Hessian columns; exact, needs f to support forward-mode AD.
+std::tuple<at::Tensor, at::Tensor> laplacian(const Function& f, const at::Tensor& x,
+                                             const Options& options = {});
+std::tuple<at::Tensor, at::Tensor> hessian(const Function& f, const at::Tensor& x,
+                                           const Options& options = {});
+std::tuple<at::Tensor, at::Tensor> divergence(const Function& f, const at::Tensor& x,
+                                              const Options& options = {});
+std::tuple<at::Tensor, at::Tensor> jacobian(const Function& f, const at::Tensor& x,
+                                            const Options& options = {});
 
 }  // namespace diffops

@@ -8,14 +8,16 @@ namespace diffops {
 
 at::Tensor gradient(const at::Tensor& u, const at::Tensor& x, const Options& options) {
   detail::Field f("gradient", u, x);
-  detail::wants_hutchinson("gradient", options, x, /*stochastic=*/false);
+  const auto method = detail::choose(f, options).method;
   f.check_structure(options.check_structure());
-  return f.result(detail::jacobian_of(f, options.create_graph()));
+  return f.result(
+      detail::jacobian_of(f, options.create_graph(), method == detail::Method::batched));
 }
 
 at::Tensor gradient(const at::Tensor& u, at::TensorList coordinates, const Options& options) {
   detail::CoordinateField f("gradient", u, coordinates);
-  detail::wants_hutchinson("gradient", options, coordinates[0], /*stochastic=*/false);
+  detail::choose("gradient.coordinates", options, coordinates[0],
+                  static_cast<int64_t>(coordinates.size()), f.components);
   TORCH_CHECK_VALUE(!options.check_structure(), "gradient: check_structure is not available with "
                     "separate coordinate tensors; pass the points as one tensor x to check them");
   return f.result(f.gradient(options.create_graph()));
@@ -23,9 +25,10 @@ at::Tensor gradient(const at::Tensor& u, at::TensorList coordinates, const Optio
 
 at::Tensor jacobian(const at::Tensor& v, const at::Tensor& x, const Options& options) {
   detail::Field f("jacobian", v, x, detail::Layout::pointwise, "v");
-  detail::wants_hutchinson("jacobian", options, x, /*stochastic=*/false);
+  const auto method = detail::choose(f, options).method;
   f.check_structure(options.check_structure());
-  return f.result(detail::jacobian_of(f, options.create_graph()));
+  return f.result(
+      detail::jacobian_of(f, options.create_graph(), method == detail::Method::batched));
 }
 
 namespace {
@@ -34,7 +37,7 @@ namespace {
 at::Tensor along(const char* op, const char* w_name, const at::Tensor& u, const at::Tensor& x,
                  const at::Tensor& direction, const Options& options) {
   detail::Field f(op, u, x);
-  detail::wants_hutchinson(op, options, x, /*stochastic=*/false);
+  detail::choose(f, options);
   f.check_structure(options.check_structure());
   const auto dir = detail::per_point_vectors(op, w_name, direction, x.sizes(), "x's shape", x, "x");
   const bool keep = f.keep(options.create_graph());

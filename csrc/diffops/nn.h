@@ -6,13 +6,14 @@
 
 #include <torch/nn.h>
 
+#include <algorithm>
 #include <memory>
 #include <optional>
 #include <tuple>
 #include <vector>
 
+#include "diffops/explain.h"
 #include "diffops/function.h"
-#include "diffops/laplacian.h"
 
 namespace diffops {
 
@@ -49,14 +50,78 @@ inline std::optional<std::vector<Step>> mlp_steps(const torch::nn::Sequential& n
   return steps;
 }
 
-/// Function form: (net(x), Δnet(x)), each of shape batch + (m,). A supported MLP takes the forward
-/// Laplacian (one pass, differentiable); any other Sequential computes u = net(x) and the graph
-/// form with `options` (x must then require grad).
+namespace detail {
+
+// The function form on a Sequential: one forward pass for a supported MLP ("auto", "forward"),
+// otherwise the callable form with options (graph form or forward-over-reverse).
+template <typename Callable>
+std::tuple<at::Tensor, at::Tensor> sequential_form(const char* op, torch::nn::Sequential& net,
+                                                   const at::Tensor& x, const Options& options,
+                                                   Callable callable_form) {
+  const auto& method = options.method();
+  if (method == "auto" || method == "forward") {
+    if (auto steps = mlp_steps(net)) return value_and_derivative(op, x, *steps);
+    TORCH_CHECK_VALUE(method == "auto", op, ": method 'forward' needs a Sequential of Linear "
+                      "layers and Tanh, Sigmoid, Softplus(), SiLU, GELU(), Identity; use 'auto' "
+                      "to fall back to the graph form");
+  }
+  Function f = [&net](const at::Tensor& p) { return net->forward(p); };
+  return callable_form(f, x, options);
+}
+
+}  // namespace detail
+
+/// Function form on a Sequential: (net(x), D net(x)) for D = laplacian, hessian, divergence,
+/// jacobian. A supported MLP takes the forward propagation (value_and_derivative: one pass,
+/// differentiable) with method "auto" or "forward"; any other Sequential, or another method,
+/// computes as the callable form (function.h) does (x must then require grad).
 inline std::tuple<at::Tensor, at::Tensor> laplacian(torch::nn::Sequential& net, const at::Tensor& x,
                                                     const Options& options = {}) {
-  if (auto steps = mlp_steps(net)) return value_and_laplacian(x, *steps);
+  return detail::sequential_form("laplacian", net, x, options, [](auto& f, auto& p, auto& o) {
+    return laplacian(f, p, o);
+  });
+}
+inline std::tuple<at::Tensor, at::Tensor> hessian(torch::nn::Sequential& net, const at::Tensor& x,
+                                                  const Options& options = {}) {
+  return detail::sequential_form("hessian", net, x, options, [](auto& f, auto& p, auto& o) {
+    return hessian(f, p, o);
+  });
+}
+inline std::tuple<at::Tensor, at::Tensor> divergence(torch::nn::Sequential& net,
+                                                     const at::Tensor& x,
+                                                     const Options& options = {}) {
+  return detail::sequential_form("divergence", net, x, options, [](auto& f, auto& p, auto& o) {
+    return divergence(f, p, o);
+  });
+}
+inline std::tuple<at::Tensor, at::Tensor> jacobian(torch::nn::Sequential& net, const at::Tensor& x,
+                                                   const Options& options = {}) {
+  return detail::sequential_form("jacobian", net, x, options, [](auto& f, auto& p, auto& o) {
+    return jacobian(f, p, o);
+  });
+}
+
+/// The plan of the function form on `net` (see diffops::explain): "forward" for a supported MLP
+/// under "auto"/"forward" (one pass carrying d tangents, + 1 for laplacian, + d² for hessian),
+/// otherwise the plan of the graph form on u = net(x).
+inline Plan explain(const std::string& op, torch::nn::Sequential& net, const at::Tensor& x,
+                    const Options& options = {}) {
+  const auto& method = options.method();
+  const bool forward_op =
+      op == "laplacian" || op == "hessian" || op == "divergence" || op == "jacobian";
+  if (forward_op && (method == "auto" || method == "forward") && mlp_steps(net)) {
+    const int64_t d = x.size(-1);
+    const int64_t extra = op == "laplacian" ? 1 : op == "hessian" ? d * d : 0;
+    return {"forward", 1, d + extra,
+            method == "auto" ? "auto: the model is an MLP diffops propagates forward" : "asked for"};
+  }
   auto u = net->forward(x);
-  return {u, laplacian(u, x, options)};
+  if (method == "forward-over-reverse" && (op == "laplacian" || op == "hessian")) {
+    const int64_t points = std::max<int64_t>(1, x.numel() / x.size(-1));
+    const int64_t components = u.numel() / points;
+    return {method, 1 + components, components * x.size(-1), "asked for"};
+  }
+  return explain(op, u, x, options);
 }
 
 }  // namespace diffops

@@ -17,13 +17,18 @@ struct Options {
   /// (a PINN loss built from it back-propagates to the network's parameters).
   /// With false the result is a plain tensor and intermediate graphs are freed early.
   TORCH_ARG(bool, create_graph) = true;
-  /// How divergence and laplacian take the trace of a Jacobian (of v, or of ∇u):
-  ///   "auto"       the default; currently "loop"
-  ///   "loop"       exact: d products, each keeping one diagonal entry
-  ///   "hutchinson" unbiased estimate (1/k) Σ_s ε_sᵀ J ε_s with k = samples Rademacher probes
-  ///                ε_s (entries ±1), one product each. Variance of one probe per point:
-  ///                Σ_{i≠j} J_ij (J_ij + J_ji) (2 Σ_{i≠j} H_ij² for a Hessian), divided by k.
-  /// Other operators accept "auto" and "loop" (exact).
+  /// The strategy (diffops::explain shows the one a call takes and its cost):
+  ///   "auto"       the default: "loop" (the fastest exact strategy in every CPU benchmark)
+  ///   "loop"       exact: one reverse pass per seed (per component; per coordinate for the
+  ///                second products of laplacian and hessian, per diagonal entry of divergence)
+  ///   "batched"    exact: the same seeds stacked and pushed through one reverse pass (torch's
+  ///                legacy vmap, as autograd.grad(is_grads_batched=True)); fewer, larger kernels.
+  ///                gradient, jacobian, curl, divergence, laplacian, hessian.
+  ///   "hutchinson" divergence and laplacian: the unbiased estimate (1/k) Σ_s ε_sᵀ J ε_s with
+  ///                k = samples Rademacher probes ε_s (entries ±1), one product each. Variance of
+  ///                one probe per point: Σ_{i≠j} J_ij (J_ij + J_ji) (2 Σ_{i≠j} H_ij² for a
+  ///                Hessian), divided by k.
+  /// Every other operator accepts "auto" and "loop".
   TORCH_ARG(std::string, method) = "auto";
   /// Verify, before computing, that the map really has the structure the operator relies on:
   /// u[n] depends on x[n] only (a block-diagonal Jacobian over points; for `derivative`, a

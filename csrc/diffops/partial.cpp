@@ -9,13 +9,13 @@ namespace diffops {
 at::Tensor partial(const at::Tensor& u, const at::Tensor& x, at::IntArrayRef index,
                    const Options& options) {
   detail::Field f("partial", u, x);
-  detail::wants_hutchinson("partial", options, x, /*stochastic=*/false);
-  f.check_structure(options.check_structure());
   TORCH_CHECK_VALUE(!index.empty(), "partial: index is empty; name at least one coordinate");
   for (auto i : index)
     TORCH_CHECK_VALUE(0 <= i && i < f.d, "partial: index ", index, " names coordinate ", i,
                       ", out of range for d = ", f.d, " coordinates (x has shape ", x.sizes(), ")");
   const auto order = static_cast<int64_t>(index.size());
+  detail::choose(f, options, order);
+  f.check_structure(options.check_structure());
   const bool keep = f.keep(options.create_graph());
   std::vector<at::Tensor> parts;
   for (int64_t c = 0; c < f.components; ++c) {
@@ -36,7 +36,7 @@ at::Tensor derivative(const at::Tensor& y, const at::Tensor& x, int64_t order,
                       const Options& options) {
   detail::Field f("derivative", y, x, detail::Layout::elementwise, "y");
   detail::check_positive("derivative", order, "order");
-  detail::wants_hutchinson("derivative", options, x, /*stochastic=*/false);
+  detail::choose(f, options, order);
   f.check_structure(options.check_structure());
   const bool keep = f.keep(options.create_graph());
   auto cur = f.vjp_field(at::ones_like(y), order == 1 ? keep : true);

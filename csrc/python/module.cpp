@@ -32,9 +32,9 @@ diffops::Options opts(bool create_graph, bool check_structure = false) {
 
 using T = const at::Tensor&;
 
-at::Tensor gradient(T u, T x, bool cg, bool cs) {
+at::Tensor gradient(T u, T x, bool cg, bool cs, c10::string_view method) {
   GilRelease g;
-  return diffops::gradient(u, x, opts(cg, cs));
+  return diffops::gradient(u, x, opts(cg, cs).method(std::string(method)));
 }
 at::Tensor gradient_coordinates(T u, at::TensorList coordinates, bool cg) {
   GilRelease g;
@@ -52,22 +52,23 @@ at::Tensor derivatives_row(T base, at::TensorList x, bool coordinates) {
   return diffops::detail::derivatives_row(base, x, coordinates);
 }
 using OptionalTensors = c10::List<std::optional<at::Tensor>>;
-std::tuple<at::Tensor, at::Tensor> value_and_laplacian(T x, const OptionalTensors& weights,
-                                                       const OptionalTensors& biases,
-                                                       std::vector<std::string> kinds) {
+std::tuple<at::Tensor, at::Tensor> value_and_derivative(c10::string_view op, T x,
+                                                        const OptionalTensors& weights,
+                                                        const OptionalTensors& biases,
+                                                        std::vector<std::string> kinds) {
   GilRelease g;
   TORCH_CHECK_VALUE(weights.size() == kinds.size() && biases.size() == kinds.size(),
-                    "value_and_laplacian: weights, biases and kinds must have one entry per step");
+                    "value_and_derivative: weights, biases and kinds must have one entry per step");
   std::vector<diffops::Step> mlp;
   for (size_t k = 0; k < kinds.size(); ++k) {
     std::optional<at::Tensor> w = weights.get(k), b = biases.get(k);
     mlp.push_back({kinds[k], w.value_or(at::Tensor()), b.value_or(at::Tensor())});
   }
-  return diffops::value_and_laplacian(x, mlp);
+  return diffops::value_and_derivative(std::string(op), x, mlp);
 }
-at::Tensor jacobian(T v, T x, bool cg, bool cs) {
+at::Tensor jacobian(T v, T x, bool cg, bool cs, c10::string_view method) {
   GilRelease g;
-  return diffops::jacobian(v, x, opts(cg, cs));
+  return diffops::jacobian(v, x, opts(cg, cs).method(std::string(method)));
 }
 at::Tensor directional_derivative(T u, T x, T direction, bool cg, bool cs) {
   GilRelease g;
@@ -82,18 +83,25 @@ at::Tensor divergence(T v, T x, bool cg, bool cs, c10::string_view method, int64
   GilRelease g;
   return diffops::divergence(v, x, trace_opts(cg, cs, method, samples, std::move(generator)));
 }
-at::Tensor curl(T v, T x, bool cg, bool cs) {
+at::Tensor curl(T v, T x, bool cg, bool cs, c10::string_view method) {
   GilRelease g;
-  return diffops::curl(v, x, opts(cg, cs));
+  return diffops::curl(v, x, opts(cg, cs).method(std::string(method)));
 }
 at::Tensor laplacian(T u, T x, bool cg, bool cs, c10::string_view method, int64_t samples,
                      std::optional<at::Generator> generator) {
   GilRelease g;
   return diffops::laplacian(u, x, trace_opts(cg, cs, method, samples, std::move(generator)));
 }
-at::Tensor hessian(T u, T x, bool cg, bool cs) {
+at::Tensor hessian(T u, T x, bool cg, bool cs, c10::string_view method) {
   GilRelease g;
-  return diffops::hessian(u, x, opts(cg, cs));
+  return diffops::hessian(u, x, opts(cg, cs).method(std::string(method)));
+}
+std::tuple<std::string, int64_t, int64_t, std::string> explain(c10::string_view op, T u, T x,
+                                                                bool cs, c10::string_view method,
+                                                                int64_t samples) {
+  auto plan = diffops::explain(std::string(op), u, x,
+                               opts(true, cs).method(std::string(method)).samples(samples));
+  return {plan.method, plan.passes, plan.products, plan.reason};
 }
 at::Tensor partial(T u, T x, at::IntArrayRef index, bool cg, bool cs) {
   GilRelease g;
@@ -108,7 +116,8 @@ at::Tensor derivative(T y, T x, int64_t order, bool cg, bool cs) {
 
 // Giving a plain function to m.def registers a CompositeImplicitAutograd kernel.
 TORCH_LIBRARY(diffops, m) {
-  m.def("gradient(Tensor u, Tensor x, *, bool create_graph=True, bool check_structure=False) -> Tensor", &gradient);
+  m.def("gradient(Tensor u, Tensor x, *, bool create_graph=True, bool check_structure=False, "
+        "str method=\"auto\") -> Tensor", &gradient);
   m.def("gradient.coordinates(Tensor u, Tensor[] coordinates, *, bool create_graph=True) -> Tensor",
         &gradient_coordinates);
   m.def("normal_derivative(Tensor u, Tensor x, Tensor normals, *, bool create_graph=True, "
@@ -117,19 +126,24 @@ TORCH_LIBRARY(diffops, m) {
   // diffops.Derivatives (python/diffops/_derivatives.py): validation and one cached gradient row
   m.def("_derivatives_check(Tensor u, Tensor[] x, bool coordinates) -> ()", &derivatives_check);
   m.def("_derivatives_row(Tensor base, Tensor[] x, bool coordinates) -> Tensor", &derivatives_row);
-  // the function form's forward Laplacian (python/diffops/_function.py); undefined weights for
-  // activation steps
-  m.def("value_and_laplacian(Tensor x, Tensor?[] weights, Tensor?[] biases, str[] kinds)"
-        " -> (Tensor, Tensor)", &value_and_laplacian);
-  m.def("jacobian(Tensor v, Tensor x, *, bool create_graph=True, bool check_structure=False) -> Tensor", &jacobian);
+  // the function form's forward propagation through an MLP (python/diffops/_function.py);
+  // undefined weights for activation steps
+  m.def("value_and_derivative(str op, Tensor x, Tensor?[] weights, Tensor?[] biases, str[] kinds)"
+        " -> (Tensor, Tensor)", &value_and_derivative);
+  m.def("jacobian(Tensor v, Tensor x, *, bool create_graph=True, bool check_structure=False, "
+        "str method=\"auto\") -> Tensor", &jacobian);
   m.def("directional_derivative(Tensor u, Tensor x, Tensor direction, *, bool create_graph=True, "
         "bool check_structure=False) -> Tensor", &directional_derivative);
   m.def("divergence(Tensor v, Tensor x, *, bool create_graph=True, bool check_structure=False, str method=\"auto\", "
         "int samples=1, Generator? generator=None) -> Tensor", &divergence);
-  m.def("curl(Tensor v, Tensor x, *, bool create_graph=True, bool check_structure=False) -> Tensor", &curl);
+  m.def("curl(Tensor v, Tensor x, *, bool create_graph=True, bool check_structure=False, "
+        "str method=\"auto\") -> Tensor", &curl);
   m.def("laplacian(Tensor u, Tensor x, *, bool create_graph=True, bool check_structure=False, str method=\"auto\", "
         "int samples=1, Generator? generator=None) -> Tensor", &laplacian);
-  m.def("hessian(Tensor u, Tensor x, *, bool create_graph=True, bool check_structure=False) -> Tensor", &hessian);
+  m.def("hessian(Tensor u, Tensor x, *, bool create_graph=True, bool check_structure=False, "
+        "str method=\"auto\") -> Tensor", &hessian);
+  m.def("explain(str op, Tensor u, Tensor x, *, bool check_structure=False, str method=\"auto\", "
+        "int samples=1) -> (str, int, int, str)", &explain);
   m.def("partial(Tensor u, Tensor x, int[] index, *, bool create_graph=True, bool check_structure=False) -> Tensor", &partial);
   m.def("derivative(Tensor y, Tensor x, int order=1, *, bool create_graph=True, "
         "bool check_structure=False) -> Tensor",

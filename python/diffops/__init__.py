@@ -26,12 +26,13 @@ if _torch.__version__ != _BUILT_WITH:
 
 from . import _C  # noqa: E402,F401  (registers torch.ops.diffops)
 from ._derivatives import Derivatives  # noqa: E402
-from ._function import Sin  # noqa: E402
+from ._function import Plan, Sin  # noqa: E402
 from ._ops import (  # noqa: E402
     curl,
     derivative,
     directional_derivative,
     divergence,
+    explain,
     gradient,
     hessian,
     jacobian,
@@ -45,12 +46,14 @@ cmake_prefix_path: str = _os.path.join(_os.path.dirname(__file__), "share", "cma
 
 __all__ = [
     "Derivatives",
+    "Plan",
     "Sin",
     "cmake_prefix_path",
     "curl",
     "derivative",
     "directional_derivative",
     "divergence",
+    "explain",
     "gradient",
     "hessian",
     "jacobian",

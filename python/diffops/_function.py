@@ -1,28 +1,49 @@
-r"""The function form of the Laplacian: ``laplacian(f, x)`` sees the model, not only its graph.
+r"""The function form: ``laplacian(f, x)``, ``hessian(f, x)``, ``divergence(f, x)``,
+``jacobian(f, x)`` see the model, not only its graph, and return ``(f(x), D f(x))``.
 
 For an MLP — ``torch.nn.Sequential`` (nested ones too) of ``Linear`` layers and elementwise
 activations (``Tanh``, :class:`Sin`, ``Sigmoid``, ``Softplus`` with its defaults, ``SiLU``, ``GELU``
-exact, ``Identity``) — the Laplacian is propagated forward with the value in C++
-(``diffops::value_and_laplacian``: the forward Laplacian / collapsed Taylor mode), one pass instead
-of ``1 + d`` reverse products. Anything else falls back to the graph form: ``u = f(x)`` then
-:func:`diffops.laplacian`.
+exact, ``Identity``) — the derivatives are propagated forward with the value in C++
+(``diffops::value_and_derivative``: the forward Laplacian / collapsed Taylor mode), one pass instead
+of ``1 + d`` reverse products. Any other callable takes the graph form (``u = f(x)`` then the
+operator) or, with ``method="forward-over-reverse"``, forward-mode tangents through a reverse pass
+(``diffops::forward_over_reverse`` in C++; mirrored here because ``f`` is a Python callable).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
+import torch.autograd.forward_ad as fwAD
 from torch import Tensor
 
 _ops = torch.ops.diffops
 
+_FORWARD_OPS = ("jacobian", "divergence", "laplacian", "hessian")
+
 
 class Sin(torch.nn.Module):
-    """``sin`` as a module (SIREN-style and PINN networks), recognised by the forward Laplacian."""
+    """``sin`` as a module (SIREN-style and PINN networks), recognised by the forward propagation."""
 
     def forward(self, x: Tensor) -> Tensor:
         return torch.sin(x)
+
+
+class Plan(NamedTuple):
+    """What an operator call does (:func:`diffops.explain`), as ``diffops::Plan`` in C++."""
+
+    #: the strategy that runs: ``"loop"``, ``"batched"``, ``"hutchinson"``, ``"forward"``,
+    #: ``"forward-over-reverse"``
+    method: str
+    #: autograd engine runs (reverse passes); passes through the model for ``"forward"``
+    passes: int
+    #: vectors multiplied by a Jacobian: seeds of vector-Jacobian products; for ``"forward"`` the
+    #: tangents carried per point besides the value
+    products: int
+    #: the rule ``"auto"`` applied, or ``"asked for"``
+    reason: str
 
 
 def _kind(module: torch.nn.Module) -> str | None:
@@ -44,7 +65,7 @@ def _kind(module: torch.nn.Module) -> str | None:
 
 
 def mlp_steps(f: Callable) -> list[tuple[str, Tensor | None, Tensor | None]] | None:
-    """``f``'s steps ``(kind, weight, bias)`` when the forward Laplacian supports it, else None."""
+    """``f``'s steps ``(kind, weight, bias)`` when the forward propagation supports it, else None."""
     if not isinstance(f, torch.nn.Sequential):
         return None
     steps: list[tuple[str, Tensor | None, Tensor | None]] = []
@@ -64,18 +85,94 @@ def mlp_steps(f: Callable) -> list[tuple[str, Tensor | None, Tensor | None]] | N
     return steps
 
 
-def function_laplacian(f: Callable[[Tensor], Tensor], x: Tensor, method: str, **graph_options) -> tuple[Tensor, Tensor]:
-    steps = mlp_steps(f) if method in ("auto", "forward") else None
-    if steps is None:
+def _forward_over_reverse(op: str, f: Callable[[Tensor], Tensor], x: Tensor, create_graph: bool) -> tuple[Tensor, Tensor]:
+    """(f(x), H), H of shape batch + comp + (d, d): d stacked copies of the points, copy k carrying
+    the tangent e_k; one reverse pass per component gives ∇u with tangent H e_k."""
+    if not isinstance(x, Tensor) or not x.is_floating_point() or x.dim() < 1:
+        raise ValueError(f"{op}: x must be a floating tensor of shape batch + (d,)")
+    grad_at_call = torch.is_grad_enabled()
+    d = x.shape[-1]
+    points = x.reshape(-1, d)
+    n = points.shape[0]
+    with torch.enable_grad(), fwAD.dual_level():
+        stacked = points.unsqueeze(0).expand(d, n, d).reshape(d * n, d)
+        if not stacked.requires_grad:
+            stacked = stacked.detach().requires_grad_()
+        tangents = torch.eye(d, dtype=x.dtype, device=x.device).unsqueeze(1).expand(d, n, d).reshape(d * n, d)
+        dual = fwAD.make_dual(stacked, tangents)
+        u = f(dual)
+        if not isinstance(u, Tensor) or not u.is_floating_point() or u.dim() < 1 or u.shape[0] != d * n:
+            got = tuple(u.shape) if isinstance(u, Tensor) else type(u).__name__
+            raise ValueError(
+                f"{op}: f must map points of shape (P, d) to a floating field of shape (P,) + comp; "
+                f"called on {d * n} stacked points, it returned {got}"
+            )
+        if not u.requires_grad:
+            raise RuntimeError(
+                f"{op}: f's output has no graph to x: it was computed from other tensors, detached, "
+                "or under torch.no_grad()"
+            )
+        comp = tuple(u.shape[1:])
+        flat = u.reshape(d * n, -1)
+        columns = []
+        for c in range(flat.shape[1]):
+            seed = torch.zeros_like(flat)
+            seed[:, c] = 1
+            (g,) = torch.autograd.grad(u, dual, seed.reshape(u.shape), retain_graph=True, create_graph=True)
+            tangent = fwAD.unpack_dual(g).tangent
+            columns.append(
+                torch.zeros(n, d, d, dtype=x.dtype, device=x.device)
+                if tangent is None
+                else tangent.view(d, n, d).permute(1, 2, 0)
+            )
+        value = fwAD.unpack_dual(u).primal[:n]
+    batch = tuple(x.shape[:-1])
+    value = value.reshape(batch + comp)
+    hess = torch.stack(columns, 1).reshape(batch + comp + (d, d))
+    if not grad_at_call:
+        return value.detach(), hess.detach()
+    return value, hess if create_graph else hess.detach()
+
+
+def function_form(
+    op: str, graph: Callable[..., Tensor], f: Callable[[Tensor], Tensor], x: Tensor, method: str, **graph_options
+) -> tuple[Tensor, Tensor]:
+    """``(f(x), op(f(x), x))`` by the strategy ``method`` names; ``graph`` is the graph-form operator."""
+    if method in ("auto", "forward"):
+        steps = mlp_steps(f) if op in _FORWARD_OPS else None
+        if steps is not None:
+            kinds, weights, biases = zip(*steps)
+            return _ops.value_and_derivative(op, x, list(weights), list(biases), list(kinds))
         if method == "forward":
             raise ValueError(
-                "laplacian: method='forward' needs f to be a torch.nn.Sequential of Linear layers and "
+                f"{op}: method='forward' needs f to be a torch.nn.Sequential of Linear layers and "
                 "supported activations (Tanh, diffops.Sin, Sigmoid, Softplus(), SiLU, GELU(), Identity); "
                 f"got {type(f).__name__}. Use method='auto' to fall back to the graph form"
             )
-        from ._ops import laplacian
+    if method == "forward-over-reverse":
+        if op not in ("laplacian", "hessian"):
+            raise ValueError(f"{op}: method 'forward-over-reverse' is for laplacian and hessian; got it for {op}")
+        if graph_options.get("samples", 1) != 1 or graph_options.get("generator") is not None or graph_options.get("check_structure"):
+            raise ValueError(
+                f"{op}: samples, generator and check_structure are not used by method 'forward-over-reverse'"
+            )
+        u, hess = _forward_over_reverse(op, f, x, graph_options.get("create_graph", True))
+        return (u, hess) if op == "hessian" else (u, hess.diagonal(0, -2, -1).sum(-1))
+    u = f(x)
+    return u, graph(u, x, method=method, **graph_options)
 
-        u = f(x)
-        return u, laplacian(u, x, method="loop" if method == "auto" else method, **graph_options)
-    kinds, weights, biases = zip(*steps)
-    return _ops.value_and_laplacian(x, list(weights), list(biases), list(kinds))
+
+def function_plan(op: str, f: Callable[[Tensor], Tensor], x: Tensor, method: str, **options) -> Plan | None:
+    """The function form's own plans ("forward", "forward-over-reverse"); None: the graph form's."""
+    d = x.shape[-1]
+    if op in _FORWARD_OPS and method in ("auto", "forward") and mlp_steps(f) is not None:
+        extra = {"laplacian": 1, "hessian": d * d}.get(op, 0)
+        reason = "auto: the model is an MLP diffops propagates forward" if method == "auto" else "asked for"
+        return Plan("forward", 1, d + extra, reason)
+    if method == "forward-over-reverse" and op in ("laplacian", "hessian"):
+        components = 1
+        with torch.no_grad():
+            for size in f(x).shape[x.dim() - 1 :]:
+                components *= size
+        return Plan("forward-over-reverse", 1 + components, components * d, "asked for")
+    return None

@@ -25,11 +25,18 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
+from ._function import Plan, function_form, function_plan
+
 _ops = torch.ops.diffops
 
 
 def gradient(
-    u: Tensor, x: Tensor | Sequence[Tensor], *, create_graph: bool = True, check_structure: bool = False
+    u: Tensor,
+    x: Tensor | Sequence[Tensor],
+    *,
+    create_graph: bool = True,
+    check_structure: bool = False,
+    method: str = "auto",
 ) -> Tensor:
     r"""Gradient :math:`\nabla u` of a field, per component.
 
@@ -44,6 +51,8 @@ def gradient(
             separate tensors ``(x, y, t)``, each of shape ``batch + (1,)`` or ``batch`` (as many PINN
             codes hold them), ``d`` being their number.
         create_graph: keep the result differentiable (to train on it or differentiate again).
+        method: ``"auto"`` (``"loop"``), ``"loop"`` (one product per component) or ``"batched"`` (one tensor ``x`` only) (the
+            same seeds stacked through one reverse pass, as ``autograd.grad(is_grads_batched=True)``).
 
     Returns:
         Tensor of shape ``u.shape + (d,)``. Cost: one product per scalar component of ``u``, whatever
@@ -68,7 +77,9 @@ def gradient(
         [[[4.0, 1.0]], [[-6.0, 9.0]]]
     """
     if isinstance(x, Tensor):
-        return _ops.gradient(u, x, create_graph=create_graph, check_structure=check_structure)
+        return _ops.gradient(u, x, create_graph=create_graph, check_structure=check_structure, method=method)
+    if method not in ("auto", "loop"):
+        raise ValueError(f"gradient: method must be one of 'auto', 'loop' with separate coordinates, got {method!r}")
     if check_structure:
         raise ValueError(
             "gradient: check_structure is not available with separate coordinate tensors; "
@@ -77,13 +88,26 @@ def gradient(
     return _ops.gradient.coordinates(u, list(x), create_graph=create_graph)
 
 
-def jacobian(v: Tensor, x: Tensor, *, create_graph: bool = True, check_structure: bool = False) -> Tensor:
+def jacobian(
+    v: Tensor | Callable[[Tensor], Tensor],
+    x: Tensor,
+    *,
+    create_graph: bool = True,
+    check_structure: bool = False,
+    method: str = "auto",
+) -> Tensor | tuple[Tensor, Tensor]:
     r"""Jacobian of a field: :math:`J_{ij} = \partial v_i / \partial x_j` at every point.
+
+    **Function form**: ``jacobian(f, x)`` returns ``(f(x), J)``; for a supported MLP (see
+    :func:`laplacian`) ``"auto"``/``"forward"`` carries ``d`` tangents forward with the value.
 
     Args:
         v: field of shape ``batch + comp`` computed from ``x``; ``v[n]`` depends on ``x[n]`` only.
+            Or the model ``f`` itself (function form).
         x: points of shape ``batch + (d,)`` with ``requires_grad=True``.
         create_graph: keep the result differentiable.
+        method: ``"auto"`` (``"loop"``), ``"loop"`` (one product per component) or ``"batched"`` (the
+            same seeds stacked through one reverse pass, as ``autograd.grad(is_grads_batched=True)``).
 
     Returns:
         Tensor of shape ``v.shape + (d,)`` with ``J[..., i, j] = ∂v_i/∂x_j``. Cost: one product per
@@ -103,7 +127,9 @@ def jacobian(v: Tensor, x: Tensor, *, create_graph: bool = True, check_structure
         >>> torch.equal(diffops.jacobian(v, x), torch.func.vmap(torch.func.jacrev(f))(x))
         True
     """
-    return _ops.jacobian(v, x, create_graph=create_graph, check_structure=check_structure)
+    if callable(v) and not isinstance(v, Tensor):
+        return function_form("jacobian", jacobian, v, x, method, create_graph=create_graph, check_structure=check_structure)
+    return _ops.jacobian(v, x, create_graph=create_graph, check_structure=check_structure, method=method)
 
 
 def directional_derivative(
@@ -173,7 +199,7 @@ def normal_derivative(
 
 
 def divergence(
-    v: Tensor,
+    v: Tensor | Callable[[Tensor], Tensor],
     x: Tensor,
     *,
     create_graph: bool = True,
@@ -181,15 +207,21 @@ def divergence(
     method: str = "auto",
     samples: int = 1,
     generator: torch.Generator | None = None,
-) -> Tensor:
+) -> Tensor | tuple[Tensor, Tensor]:
     r"""Divergence :math:`\nabla\cdot v = \sum_i \partial v_i / \partial x_i` of a vector field.
+
+    **Function form**: ``divergence(f, x)`` returns ``(f(x), ∇·f(x))``; for a supported MLP (see
+    :func:`laplacian`) ``"auto"``/``"forward"`` carries ``d`` tangents forward with the value.
 
     Args:
         v: vector field of shape ``batch + comp' + (d,)`` computed from ``x``; ``v[n]`` depends on
-            ``x[n]`` only. Leading component axes ``comp'`` hold several vector fields.
+            ``x[n]`` only. Leading component axes ``comp'`` hold several vector fields. Or the model
+            ``f`` itself (function form).
         x: points of shape ``batch + (d,)`` with ``requires_grad=True``.
         create_graph: keep the result differentiable.
-        method: ``"auto"`` (currently ``"loop"``), ``"loop"`` (exact) or ``"hutchinson"``: the
+        method: ``"auto"`` (``"loop"``; ``"forward"`` for a supported model in the function form),
+            ``"loop"`` (exact, one product per diagonal entry), ``"batched"`` (exact: the ``d``
+            seeds through one reverse pass), ``"forward"`` (function form) or ``"hutchinson"``: the
             unbiased estimate :math:`\frac1k\sum_s \varepsilon_s^\top J \varepsilon_s` with ``k = samples``
             Rademacher probes (entries ±1), one product each. Variance of one probe at a point:
             :math:`\sum_{i\ne j} J_{ij}(J_{ij} + J_{ji})`, divided by ``k``; exact when ``J`` is
@@ -217,6 +249,9 @@ def divergence(
         >>> torch.func.vmap(lambda p: torch.func.jacrev(f)(p).trace())(x).tolist()
         [12.0]
     """
+    if callable(v) and not isinstance(v, Tensor):
+        options = dict(create_graph=create_graph, check_structure=check_structure, samples=samples, generator=generator)
+        return function_form("divergence", divergence, v, x, method, **options)
     return _ops.divergence(
         v,
         x,
@@ -228,7 +263,9 @@ def divergence(
     )
 
 
-def curl(v: Tensor, x: Tensor, *, create_graph: bool = True, check_structure: bool = False) -> Tensor:
+def curl(
+    v: Tensor, x: Tensor, *, create_graph: bool = True, check_structure: bool = False, method: str = "auto"
+) -> Tensor:
     r"""Curl :math:`\nabla\times v` of a vector field in 3-D, or its scalar form in 2-D.
 
     .. math::
@@ -240,6 +277,8 @@ def curl(v: Tensor, x: Tensor, *, create_graph: bool = True, check_structure: bo
             ``x[n]`` only.
         x: points of shape ``batch + (d,)`` with ``requires_grad=True``.
         create_graph: keep the result differentiable.
+        method: ``"auto"`` (``"loop"``), ``"loop"`` (one product per component) or ``"batched"`` (the
+            same seeds stacked through one reverse pass, as ``autograd.grad(is_grads_batched=True)``).
 
     Returns:
         Tensor of shape ``v.shape`` for ``d = 3``, ``v.shape[:-1]`` for ``d = 2``.
@@ -256,7 +295,7 @@ def curl(v: Tensor, x: Tensor, *, create_graph: bool = True, check_structure: bo
         >>> diffops.curl(v, x).tolist()
         [2.0]
     """
-    return _ops.curl(v, x, create_graph=create_graph, check_structure=check_structure)
+    return _ops.curl(v, x, create_graph=create_graph, check_structure=check_structure, method=method)
 
 
 def laplacian(
@@ -287,8 +326,12 @@ def laplacian(
         x: points of shape ``batch + (d,)`` with ``requires_grad=True`` (the function form needs no
             ``requires_grad`` on its forward path).
         create_graph: keep the result differentiable (a PINN loss on it trains the network).
-        method: ``"auto"`` (currently ``"loop"``; ``"forward"`` for a supported model in the function
-            form), ``"loop"`` (exact), ``"forward"`` (function form only) or ``"hutchinson"``: the
+        method: ``"auto"`` (``"loop"``; ``"forward"`` for a supported model in the function form),
+            ``"loop"`` (exact, one product per diagonal entry), ``"batched"`` (exact: the ``d``
+            second products through one reverse pass), ``"forward"`` (function form),
+            ``"forward-over-reverse"`` (function form, any ``f`` that supports forward-mode AD: the
+            points stacked ``d`` times carrying tangents ``e_k``, one reverse pass through ``f``
+            gives the Hessian columns) or ``"hutchinson"``: the
             unbiased estimate :math:`\frac1k\sum_s \varepsilon_s^\top H \varepsilon_s` with ``k = samples``
             Rademacher probes, one product each after the gradient. Variance of one probe at a point:
             :math:`2\sum_{i\ne j} H_{ij}^2`, divided by ``k``.
@@ -321,10 +364,8 @@ def laplacian(
         True
     """
     if callable(u) and not isinstance(u, Tensor):
-        from ._function import function_laplacian
-
         options = dict(create_graph=create_graph, check_structure=check_structure, samples=samples, generator=generator)
-        return function_laplacian(u, x, method, **options)
+        return function_form("laplacian", laplacian, u, x, method, **options)
     return _ops.laplacian(
         u,
         x,
@@ -336,13 +377,28 @@ def laplacian(
     )
 
 
-def hessian(u: Tensor, x: Tensor, *, create_graph: bool = True, check_structure: bool = False) -> Tensor:
+def hessian(
+    u: Tensor | Callable[[Tensor], Tensor],
+    x: Tensor,
+    *,
+    create_graph: bool = True,
+    check_structure: bool = False,
+    method: str = "auto",
+) -> Tensor | tuple[Tensor, Tensor]:
     r"""Hessian :math:`H_{ij} = \partial^2 u / \partial x_i \partial x_j`, per component.
+
+    **Function form**: ``hessian(f, x)`` returns ``(f(x), H)``; for a supported MLP (see
+    :func:`laplacian`) ``"auto"``/``"forward"`` carries ``d`` tangents and ``d²`` second-order
+    vectors forward with the value.
 
     Args:
         u: field of shape ``batch + comp`` computed from ``x``; ``u[n]`` depends on ``x[n]`` only.
+            Or the model ``f`` itself (function form).
         x: points of shape ``batch + (d,)`` with ``requires_grad=True``.
         create_graph: keep the result differentiable.
+        method: ``"auto"`` (``"loop"``; ``"forward"`` for a supported model in the function form),
+            ``"loop"``, ``"batched"`` (the ``d`` second products through one reverse pass),
+            ``"forward"`` or ``"forward-over-reverse"`` (function form, see :func:`laplacian`).
 
     Returns:
         Tensor of shape ``u.shape + (d, d)``. Cost: ``1 + d`` products per component.
@@ -361,7 +417,9 @@ def hessian(u: Tensor, x: Tensor, *, create_graph: bool = True, check_structure:
         >>> torch.equal(diffops.hessian(u, x), torch.func.vmap(torch.func.hessian(f))(x))
         True
     """
-    return _ops.hessian(u, x, create_graph=create_graph, check_structure=check_structure)
+    if callable(u) and not isinstance(u, Tensor):
+        return function_form("hessian", hessian, u, x, method, create_graph=create_graph, check_structure=check_structure)
+    return _ops.hessian(u, x, create_graph=create_graph, check_structure=check_structure, method=method)
 
 
 def partial(
@@ -439,3 +497,44 @@ def derivative(
         [0.0, 6.0, 12.0]
     """
     return _ops.derivative(y, x, order, create_graph=create_graph, check_structure=check_structure)
+
+
+def explain(
+    op: str,
+    u: Tensor | Callable[[Tensor], Tensor],
+    x: Tensor,
+    *,
+    method: str = "auto",
+    samples: int = 1,
+    check_structure: bool = False,
+) -> Plan:
+    r"""What ``op(u, x, method=...)`` does and costs, before running it (``diffops::explain`` in C++).
+
+    ``op`` is one of ``"gradient"``, ``"jacobian"``, ``"curl"``, ``"directional_derivative"``,
+    ``"normal_derivative"``, ``"divergence"``, ``"laplacian"``, ``"hessian"``; ``u`` the field, or
+    the model ``f`` for the function form. Validates like the operator (same errors) and computes no
+    derivative.
+
+    Returns:
+        :class:`Plan` ``(method, passes, products, reason)``: the strategy ``"auto"`` resolves to,
+        the reverse passes (autograd engine runs; passes through the model for ``"forward"``), the
+        products (vector-Jacobian seeds; tangents carried per point for ``"forward"``) and why.
+
+    Example:
+        >>> import torch, diffops
+        >>> x = torch.rand(16, 3, dtype=torch.float64, requires_grad=True)
+        >>> u = (x ** 3).sum(-1)
+        >>> diffops.explain("laplacian", u, x)[:3]             # 1 + d products, one pass each
+        ('loop', 4, 4)
+        >>> diffops.explain("laplacian", u, x, method="batched")[:3]
+        ('batched', 2, 4)
+        >>> net = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1)).double()
+        >>> diffops.explain("laplacian", net, x)[:3]           # one pass carrying d + 1 vectors
+        ('forward', 1, 4)
+    """
+    if callable(u) and not isinstance(u, Tensor):
+        plan = function_plan(op, u, x, method)
+        if plan is not None:
+            return plan
+        u = u(x)
+    return Plan(*_ops.explain(op, u, x, check_structure=check_structure, method=method, samples=samples))

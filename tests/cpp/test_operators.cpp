@@ -213,11 +213,75 @@ TEST(Methods, LoopIsTheDefaultAndHutchinsonIsExactOnDiagonalJacobians) {
   EXPECT_FALSE(torch::equal(s(5), diffops::divergence(w, x)));
   auto expect = expect_error<c10::ValueError>;
   expect([&] { diffops::laplacian(u, x, diffops::Options().method("forward")); },
-         "laplacian: method must be one of 'auto', 'loop', 'hutchinson', got 'forward'");
+         "laplacian: method must be one of 'auto', 'loop', 'batched', 'hutchinson', got 'forward'");
   expect([&] { diffops::hessian(u, x, diffops::Options().method("hutchinson")); },
-         "hessian: method must be one of 'auto', 'loop', got 'hutchinson'");
+         "hessian: method must be one of 'auto', 'loop', 'batched', got 'hutchinson'");
+  expect([&] { diffops::partial(u, x, {0, 1}, diffops::Options().method("batched")); },
+         "partial: method must be one of 'auto', 'loop', got 'batched'");
   expect([&] { diffops::divergence(v, x, diffops::Options().samples(2)); },
          "divergence: samples and generator are only used by method='hutchinson'");
+}
+
+TEST(Methods, BatchedAgreesWithLoopAndExplainCountsThePasses) {
+  torch::nn::Sequential net(torch::nn::Linear(3, 16), torch::nn::Tanh(), torch::nn::Linear(16, 3));
+  net->to(torch::kFloat64);
+  auto x = torch::randn({5, 3}, torch::kFloat64).requires_grad_();
+  auto v = net->forward(x);  // a vector field; its components are scalar fields too
+  const auto loop = diffops::Options().method("loop"), batched = diffops::Options().method("batched");
+  using Op = std::function<Tensor(const Tensor&, const Tensor&, const diffops::Options&)>;
+  const std::vector<std::pair<std::string, Op>> ops = {
+      {"gradient", [](auto& u, auto& p, auto& o) { return diffops::gradient(u, p, o); }},
+      {"jacobian", [](auto& u, auto& p, auto& o) { return diffops::jacobian(u, p, o); }},
+      {"curl", [](auto& u, auto& p, auto& o) { return diffops::curl(u, p, o); }},
+      {"divergence", [](auto& u, auto& p, auto& o) { return diffops::divergence(u, p, o); }},
+      {"laplacian", [](auto& u, auto& p, auto& o) { return diffops::laplacian(u, p, o); }},
+      {"hessian", [](auto& u, auto& p, auto& o) { return diffops::hessian(u, p, o); }}};
+  for (const auto& [name, op] : ops) {
+    SCOPED_TRACE(name);
+    EXPECT_TRUE(torch::allclose(op(v, x, batched), op(v, x, loop), 1e-12, 1e-14));
+    const auto plan = diffops::explain(name, v, x, batched);
+    EXPECT_EQ(plan.method, "batched");
+    EXPECT_EQ(diffops::explain(name, v, x).method, "loop");
+    const bool second = name == "laplacian" || name == "hessian";
+    EXPECT_EQ(plan.passes, second ? 2 * 3 : name == "divergence" ? 1 : 1);
+    EXPECT_EQ(plan.products, second ? 3 * (1 + 3) : 3);
+    EXPECT_EQ(diffops::explain(name, v, x, loop).passes, plan.products);
+  }
+}
+
+TEST(FunctionForm, SequentialAndCallableFormsEqualTheGraphForm) {
+  torch::nn::Sequential net(torch::nn::Linear(3, 16), torch::nn::GELU(), torch::nn::Linear(16, 3));
+  net->to(torch::kFloat64);
+  auto x = torch::randn({6, 3}, torch::kFloat64).requires_grad_();
+  auto v = net->forward(x);
+  auto [v1, div] = diffops::divergence(net, x);
+  EXPECT_TRUE(torch::allclose(div, diffops::divergence(v, x), 1e-10, 1e-12));
+  auto [v2, jac] = diffops::jacobian(net, x);
+  EXPECT_TRUE(torch::allclose(jac, diffops::jacobian(v, x), 1e-10, 1e-12));
+  auto [v3, hess] = diffops::hessian(net, x);
+  EXPECT_TRUE(torch::allclose(hess, diffops::hessian(v, x), 1e-10, 1e-12));
+  EXPECT_EQ(diffops::explain("hessian", net, x).method, "forward");
+  EXPECT_EQ(diffops::explain("hessian", net, x).products, 3 + 9);
+
+  // any callable: forward-over-reverse, on points that need no requires_grad
+  diffops::Function f = [](const Tensor& p) { return p.sin().prod(-1) + p.pow(3).sum(-1); };
+  auto plain = x.detach();
+  auto fwd_rev = diffops::Options().method("forward-over-reverse");
+  auto [u, lap] = diffops::laplacian(f, plain, fwd_rev);
+  auto [u_h, h] = diffops::hessian(f, plain, fwd_rev);
+  auto ux = f(x);
+  EXPECT_TRUE(torch::allclose(u, ux, 1e-14, 1e-14));
+  EXPECT_TRUE(torch::allclose(lap, diffops::laplacian(ux, x), 1e-12, 1e-12));
+  EXPECT_TRUE(torch::allclose(h, diffops::hessian(ux, x), 1e-12, 1e-12));
+  auto [u_net, lap_net] = diffops::laplacian(net, plain, fwd_rev);  // a Sequential, by request
+  EXPECT_TRUE(torch::allclose(lap_net, std::get<1>(diffops::laplacian(net, x)), 1e-10, 1e-12));
+  lap_net.pow(2).sum().backward();  // differentiable: reaches the weights
+  EXPECT_TRUE(net->parameters()[0].grad().defined());
+  auto expect = expect_error<c10::ValueError>;
+  expect([&] { diffops::laplacian(f, x, diffops::Options().method("forward")); },
+         "laplacian: method 'forward' needs an MLP");
+  expect([&] { diffops::divergence(f, x, fwd_rev); },
+         "divergence: method 'forward-over-reverse' is for laplacian and hessian");
 }
 
 TEST(Structure, CheckStructureCatchesCoupledPoints) {
