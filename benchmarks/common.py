@@ -1,22 +1,64 @@
-"""Shared by the benchmark scripts: medians of functions run round-robin."""
+"""Shared by the benchmark scripts: medians of functions run round-robin, and peak memory."""
 
+import ctypes
+import gc
 import statistics
 import time
 
 import torch
 
 
-def median_times(fns, repeats):
+def _sync():
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def median_times(fns, repeats, budget_s=None):
     """Median seconds of each function, run round-robin after one warm-up each (no order bias);
-    CUDA work is synchronised before each clock read."""
+    CUDA work is synchronised before each clock read. With `budget_s`, a function whose warm-up
+    shows that `repeats` runs would exceed the budget runs fewer times (at least once)."""
+    reps = []
     for fn in fns:
+        t0 = time.perf_counter()
         fn()
+        _sync()
+        warm = time.perf_counter() - t0
+        reps.append(repeats if budget_s is None else max(1, min(repeats, int(budget_s / max(warm, 1e-9)))))
     times = [[] for _ in fns]
-    for _ in range(repeats):
-        for fn, ts in zip(fns, times):
+    for r in range(repeats):
+        for fn, ts, n in zip(fns, times, reps):
+            if r >= n:
+                continue
             t0 = time.perf_counter()
             fn()
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
+            _sync()
             ts.append(time.perf_counter() - t0)
     return [statistics.median(ts) for ts in times]
+
+
+def _status_kib(key):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key):
+                return int(line.split()[1])
+    raise KeyError(key)
+
+
+def peak_memory_mib(fn, device):
+    """Peak memory of one call of `fn` above what was in use before it, in MiB: CUDA's allocator
+    peak on a GPU; on CPU the process's peak resident set (Linux VmHWM, reset through
+    /proc/self/clear_refs after returning freed heap to the system with malloc_trim)."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        fn()
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - base) / 2**20
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    base = _status_kib("VmRSS")
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    fn()
+    return (_status_kib("VmHWM") - base) / 1024

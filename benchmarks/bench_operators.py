@@ -1,0 +1,152 @@
+"""Laplacian, divergence and Hessian of an MLP at N points: every diffops strategy and every peer, in
+one process on the same weights and points.
+
+Field: 3 tanh layers of width W; u: R^d -> R (laplacian, hessian), v: R^d -> R^d (divergence).
+
+diffops: the function form op(net, x) with method "auto" (the C++ forward propagation for this MLP)
+and "forward-over-reverse"; the graph form op(u, x) with "auto" (= "loop") and "batched"; and
+"hutchinson" with one probe (an estimate: listed for its cost, excluded from "best").
+Peers: a loop of torch.autograd.grad; torch.func vmap(hessian) / vmap(jacrev) and vmap(jvp(grad)) /
+vmap(jacfwd). jet-for-pytorch (collapsed Taylor mode) is not installable on this machine (no wheel
+reachable), so it is absent; its numbers from the issue are quoted in docs/benchmarks.md.
+
+eval: the operator alone; train: loss = mean(result²) and backward to the parameters. Median times,
+methods run round-robin; the exact methods are checked against each other first. "peak MiB": memory
+of one train step above what was in use before it (--memory). Ratio = train time / the best exact
+diffops strategy's train time.
+
+    python benchmarks/bench_operators.py --op laplacian --d 2 3 8 32 128 --points 1024 --dtype float64
+"""
+
+import argparse
+
+import torch
+from torch.func import functional_call, hessian, jacfwd, jacrev, jvp, vmap
+from torch.func import grad as fgrad
+
+import diffops
+from common import median_times, peak_memory_mib
+
+
+def mlp(d_in, d_out, width, device, dtype):
+    return torch.nn.Sequential(
+        torch.nn.Linear(d_in, width), torch.nn.Tanh(), torch.nn.Linear(width, width), torch.nn.Tanh(),
+        torch.nn.Linear(width, width), torch.nn.Tanh(), torch.nn.Linear(width, d_out),
+    ).to(device, dtype)
+
+
+def strategies(op, net, x):
+    """name -> (function returning the result, exact?)"""
+    params = dict(net.named_parameters())
+    d = x.shape[-1]
+    operator = getattr(diffops, op)
+    vector = op == "divergence"
+
+    def point(p, q):  # the field at one point, for torch.func
+        out = functional_call(net, p, (q.unsqueeze(0),))[0]
+        return out if vector else out[0]
+
+    def graph(method):
+        def run():
+            xg = x.detach().requires_grad_()
+            u = net(xg) if vector else net(xg)[:, 0]
+            return operator(u, xg, method=method)
+
+        return run
+
+    def function(method):
+        def run():
+            out = operator(net, x, method=method)[1]
+            return out if vector else out[:, 0]
+
+        return run
+
+    def autograd_loop():
+        xg = x.detach().requires_grad_()
+        out = net(xg)
+        if vector:  # one product per diagonal entry
+            return sum(torch.autograd.grad(out[:, i].sum(), xg, create_graph=True)[0][:, i] for i in range(d))
+        (g,) = torch.autograd.grad(out[:, 0].sum(), xg, create_graph=True)
+        rows = [torch.autograd.grad(g[:, i].sum(), xg, create_graph=True)[0] for i in range(d)]
+        if op == "hessian":
+            return torch.stack(rows, -2)
+        return sum(r[:, i] for i, r in enumerate(rows))
+
+    eye = torch.eye(d, dtype=x.dtype, device=x.device)
+    methods = {
+        f"diffops {op}(net, x), auto": (function("auto"), True),
+    }
+    if not vector:
+        methods["diffops forward-over-reverse"] = (function("forward-over-reverse"), True)
+    methods["diffops graph form, auto (loop)"] = (graph("auto"), True)
+    methods["diffops graph form, batched"] = (graph("batched"), True)
+    if op != "hessian":
+        methods["diffops hutchinson, 1 probe (estimate)"] = (graph("hutchinson"), False)
+    methods["loop of torch.autograd.grad"] = (autograd_loop, True)
+    if op == "laplacian":
+        methods["torch.func vmap(hessian).trace"] = (
+            lambda: vmap(lambda q: hessian(lambda r: point(params, r))(q).trace())(x), True)
+
+        def jvp_grad():
+            g = fgrad(lambda r: point(params, r))
+            return vmap(lambda q: vmap(lambda e: jvp(g, (q,), (e,))[1] @ e)(eye).sum())(x)
+
+        methods["torch.func vmap(jvp(grad))"] = (jvp_grad, True)
+    elif op == "hessian":
+        methods["torch.func vmap(hessian)"] = (lambda: vmap(hessian(lambda r: point(params, r)))(x), True)
+    else:
+        methods["torch.func vmap(jacrev).trace"] = (
+            lambda: vmap(lambda q: jacrev(lambda r: point(params, r))(q).trace())(x), True)
+        methods["torch.func vmap(jacfwd).trace"] = (
+            lambda: vmap(lambda q: jacfwd(lambda r: point(params, r))(q).trace())(x), True)
+    return methods
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--op", choices=["laplacian", "divergence", "hessian"], default="laplacian")
+    ap.add_argument("--d", type=int, nargs="+", default=[2, 3, 8, 32, 128])
+    ap.add_argument("--points", type=int, default=1024)
+    ap.add_argument("--width", type=int, default=64)
+    ap.add_argument("--dtype", default="float64")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--budget", type=float, default=20.0, help="seconds per method and row before fewer repeats")
+    ap.add_argument("--memory", action="store_true", help="also measure peak memory of a train step")
+    ap.add_argument("--skip", nargs="*", default=[], help="skip methods whose name contains one of these")
+    args = ap.parse_args()
+    dt, device = getattr(torch, args.dtype), torch.device(args.device)
+    print(f"# {args.op}: torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}, "
+          f"{args.dtype}, N={args.points}, 3 tanh layers of width {args.width}")
+    print("| d | method | eval ms | train ms |" + (" peak MiB |" if args.memory else "") + " train / best diffops |")
+    print("|---|---|---|---|" + ("---|" if args.memory else "") + "---|")
+    for d in args.d:
+        torch.manual_seed(0)
+        net = mlp(d, d if args.op == "divergence" else 1, args.width, device, dt)
+        x = torch.randn(args.points, d, dtype=dt, device=device)
+        fns = {k: v for k, v in strategies(args.op, net, x).items() if not any(s in k for s in args.skip)}
+        ref = fns["diffops graph form, auto (loop)"][0]()
+        tol = dict(rtol=1e-4, atol=1e-4) if dt == torch.float32 else dict(rtol=1e-9, atol=1e-10)
+        for name, (fn, exact) in fns.items():
+            if exact:
+                torch.testing.assert_close(fn(), ref, **tol, msg=lambda m: f"{name}: {m}")
+
+        def trainer(fn):
+            def step():
+                net.zero_grad()
+                fn().pow(2).mean().backward()
+
+            return step
+
+        calls = [fn for fn, _ in fns.values()]
+        evals = median_times(calls, args.repeats, args.budget)
+        trains = median_times([trainer(f) for f in calls], args.repeats, args.budget)
+        mems = [peak_memory_mib(trainer(f), device) for f in calls] if args.memory else None
+        best = min(t for t, (name, (_, exact)) in zip(trains, fns.items()) if exact and name.startswith("diffops"))
+        for k, (name, te, tt) in enumerate(zip(fns, evals, trains)):
+            mem = f" {mems[k]:.0f} |" if mems else ""
+            print(f"| {d} | {name} | {te * 1e3:.2f} | {tt * 1e3:.2f} |{mem} {tt / best:.2f}× |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
