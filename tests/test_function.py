@@ -96,8 +96,10 @@ def test_forward_hessian_jacobian_divergence_equal_the_graph_form(name, device):
     for op, model, graph_field, shape in [("hessian", net, u, (4, 5, 2, 3, 3)), ("jacobian", net, u, (4, 5, 2, 3)),
                                           ("divergence", field, v, (4, 5))]:
         operator = getattr(diffops, op)
-        value, got = operator(model, x)
-        assert got.shape == shape and diffops.explain(op, model, x).method == "forward"
+        value, got = operator(model, x, method="forward")
+        assert got.shape == shape and diffops.explain(op, model, x, method="forward").method == "forward"
+        # "auto": the reverse loop for these (the forward propagation is auto for the Laplacian only)
+        assert diffops.explain(op, model, x).method == "loop"
         torch.testing.assert_close(value, model(x), **CLOSE)
         torch.testing.assert_close(got, operator(graph_field, x), **CLOSE)
 
@@ -120,6 +122,8 @@ def test_forward_over_reverse_equals_the_graph_form_and_trains(op, model, device
         torch.testing.assert_close(g, w, **CLOSE)
     x_plain = x.detach()  # forward-over-reverse needs no requires_grad on x
     torch.testing.assert_close(operator(net, x_plain, method="forward-over-reverse")[1], want.detach(), **CLOSE)
+    one = x_plain[:1]  # a single point: the d stacked copies must not alias
+    torch.testing.assert_close(operator(net, one, method="forward-over-reverse")[1], want.detach()[:1], **CLOSE)
 
 
 def test_forward_over_reverse_of_a_linear_map_is_exactly_zero():
@@ -133,7 +137,7 @@ def test_function_form_errors():
     x = torch.randn(4, 3, dtype=torch.float64)
     net = mlp(torch.nn.Tanh, out=2)
     with pytest.raises(ValueError, match=r"^divergence: the model maps d = 3 coordinates to 2 components"):
-        diffops.divergence(net, x)
+        diffops.divergence(net, x, method="forward")
     with pytest.raises(ValueError, match=r"^jacobian: method 'forward-over-reverse' is for laplacian and hessian"):
         diffops.jacobian(net, x, method="forward-over-reverse")
     with pytest.raises(ValueError, match=r"^laplacian: f must map points of shape \(P, d\) to a floating field"):

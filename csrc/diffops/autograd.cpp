@@ -414,9 +414,10 @@ std::tuple<at::Tensor, at::Tensor> forward_over_reverse(
   const auto d = x.size(-1);
   const auto points = x.reshape({-1, d});
   const auto n = points.size(0);
-  auto stacked = points.unsqueeze(0).expand({d, n, d}).reshape({d * n, d});
+  auto stacked = points.unsqueeze(0).expand({d, n, d}).reshape({d * n, d}).contiguous();
   if (!stacked.requires_grad()) stacked = stacked.detach().requires_grad_();
-  auto tangents = at::eye(d, x.options()).unsqueeze(1).expand({d, n, d}).reshape({d * n, d});
+  auto tangents =
+      at::eye(d, x.options()).unsqueeze(1).expand({d, n, d}).reshape({d * n, d}).contiguous();
 
   namespace fwd = torch::autograd::forward_ad;
   const auto level = fwd::enter_dual_level();

@@ -22,6 +22,10 @@ from torch import Tensor
 _ops = torch.ops.diffops
 
 _FORWARD_OPS = ("jacobian", "divergence", "laplacian", "hessian")
+# Where "auto" takes the forward propagation: the Laplacian, where it was faster than every reverse
+# strategy at every d measured; for divergence and jacobian the reverse loop was as fast or faster,
+# and the forward Hessian (d² vectors per layer) was slower from d = 8 (benchmarks/bench_operators.py).
+_AUTO_FORWARD_OPS = ("laplacian",)
 
 
 class Sin(torch.nn.Module):
@@ -95,10 +99,10 @@ def _forward_over_reverse(op: str, f: Callable[[Tensor], Tensor], x: Tensor, cre
     points = x.reshape(-1, d)
     n = points.shape[0]
     with torch.enable_grad(), fwAD.dual_level():
-        stacked = points.unsqueeze(0).expand(d, n, d).reshape(d * n, d)
+        stacked = points.unsqueeze(0).expand(d, n, d).reshape(d * n, d).contiguous()  # n = 1: no aliasing
         if not stacked.requires_grad:
             stacked = stacked.detach().requires_grad_()
-        tangents = torch.eye(d, dtype=x.dtype, device=x.device).unsqueeze(1).expand(d, n, d).reshape(d * n, d)
+        tangents = torch.eye(d, dtype=x.dtype, device=x.device).unsqueeze(1).expand(d, n, d).reshape(d * n, d).contiguous()
         dual = fwAD.make_dual(stacked, tangents)
         u = f(dual)
         if not isinstance(u, Tensor) or not u.is_floating_point() or u.dim() < 1 or u.shape[0] != d * n:
@@ -138,7 +142,7 @@ def function_form(
     op: str, graph: Callable[..., Tensor], f: Callable[[Tensor], Tensor], x: Tensor, method: str, **graph_options
 ) -> tuple[Tensor, Tensor]:
     """``(f(x), op(f(x), x))`` by the strategy ``method`` names; ``graph`` is the graph-form operator."""
-    if method in ("auto", "forward"):
+    if method == "forward" or (method == "auto" and op in _AUTO_FORWARD_OPS):
         steps = mlp_steps(f) if op in _FORWARD_OPS else None
         if steps is not None:
             kinds, weights, biases = zip(*steps)
@@ -165,7 +169,8 @@ def function_form(
 def function_plan(op: str, f: Callable[[Tensor], Tensor], x: Tensor, method: str, **options) -> Plan | None:
     """The function form's own plans ("forward", "forward-over-reverse"); None: the graph form's."""
     d = x.shape[-1]
-    if op in _FORWARD_OPS and method in ("auto", "forward") and mlp_steps(f) is not None:
+    forward = method == "forward" or (method == "auto" and op in _AUTO_FORWARD_OPS)
+    if op in _FORWARD_OPS and forward and mlp_steps(f) is not None:
         extra = {"laplacian": 1, "hessian": d * d}.get(op, 0)
         reason = "auto: the model is an MLP diffops propagates forward" if method == "auto" else "asked for"
         return Plan("forward", 1, d + extra, reason)

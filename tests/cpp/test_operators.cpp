@@ -254,14 +254,17 @@ TEST(FunctionForm, SequentialAndCallableFormsEqualTheGraphForm) {
   net->to(torch::kFloat64);
   auto x = torch::randn({6, 3}, torch::kFloat64).requires_grad_();
   auto v = net->forward(x);
-  auto [v1, div] = diffops::divergence(net, x);
+  const auto forward = diffops::Options().method("forward");
+  auto [v1, div] = diffops::divergence(net, x, forward);
   EXPECT_TRUE(torch::allclose(div, diffops::divergence(v, x), 1e-10, 1e-12));
-  auto [v2, jac] = diffops::jacobian(net, x);
+  EXPECT_EQ(diffops::explain("divergence", net, x).method, "loop");  // auto: reverse, first order
+  EXPECT_EQ(diffops::explain("divergence", net, x, forward).method, "forward");
+  auto [v2, jac] = diffops::jacobian(net, x, forward);
   EXPECT_TRUE(torch::allclose(jac, diffops::jacobian(v, x), 1e-10, 1e-12));
-  auto [v3, hess] = diffops::hessian(net, x);
+  auto [v3, hess] = diffops::hessian(net, x, forward);
   EXPECT_TRUE(torch::allclose(hess, diffops::hessian(v, x), 1e-10, 1e-12));
-  EXPECT_EQ(diffops::explain("hessian", net, x).method, "forward");
-  EXPECT_EQ(diffops::explain("hessian", net, x).products, 3 + 9);
+  EXPECT_EQ(diffops::explain("hessian", net, x, forward).products, 3 + 9);
+  EXPECT_EQ(diffops::explain("laplacian", net, x).method, "forward");
 
   // any callable: forward-over-reverse, on points that need no requires_grad
   diffops::Function f = [](const Tensor& p) { return p.sin().prod(-1) + p.pow(3).sum(-1); };
@@ -273,6 +276,8 @@ TEST(FunctionForm, SequentialAndCallableFormsEqualTheGraphForm) {
   EXPECT_TRUE(torch::allclose(u, ux, 1e-14, 1e-14));
   EXPECT_TRUE(torch::allclose(lap, diffops::laplacian(ux, x), 1e-12, 1e-12));
   EXPECT_TRUE(torch::allclose(h, diffops::hessian(ux, x), 1e-12, 1e-12));
+  auto [u_one, lap_one] = diffops::laplacian(f, plain.narrow(0, 0, 1), fwd_rev);  // one point
+  EXPECT_TRUE(torch::allclose(lap_one, diffops::laplacian(ux, x).narrow(0, 0, 1), 1e-12, 1e-12));
   auto [u_net, lap_net] = diffops::laplacian(net, plain, fwd_rev);  // a Sequential, by request
   EXPECT_TRUE(torch::allclose(lap_net, std::get<1>(diffops::laplacian(net, x)), 1e-10, 1e-12));
   lap_net.pow(2).sum().backward();  // differentiable: reaches the weights
