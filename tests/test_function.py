@@ -104,6 +104,45 @@ def test_forward_hessian_jacobian_divergence_equal_the_graph_form(name, device):
         torch.testing.assert_close(got, operator(graph_field, x), **CLOSE)
 
 
+@pytest.mark.parametrize("op", ["laplacian", "divergence", "jacobian", "hessian"])
+@pytest.mark.parametrize("d,width", [(24, 8), (8, 8), (3, 16)])
+def test_forward_in_the_reduced_basis_equals_the_graph_form_and_trains(op, d, width, device):
+    """With a first layer narrower than the input (width < d), the tangents are carried as the R of
+    W₁ᵀ = QR (width of them, not d): values, gradients to the weights and to x equal the graph
+    form's; explain reports the tangents carried."""
+    torch.manual_seed(1)
+    out = d if op == "divergence" else 2
+    net = torch.nn.Sequential(torch.nn.Linear(d, width), torch.nn.Tanh(), torch.nn.Linear(width, width),
+                              torch.nn.SiLU(), torch.nn.Linear(width, out)).double().to(device)
+    x = torch.randn(6, d, dtype=torch.float64, device=device, requires_grad=True)
+    operator = getattr(diffops, op)
+    value, got = operator(net, x, method="forward")
+    want = operator(net(x), x)
+    torch.testing.assert_close(got, want, **CLOSE)
+    wrt = list(net.parameters()) + [x]
+    grads = [torch.autograd.grad(r.pow(2).sum(), wrt, allow_unused=True, materialize_grads=True) for r in (got, want)]
+    for g, w in zip(*grads):
+        torch.testing.assert_close(g, w, **CLOSE)
+    tangents = d if op == "hessian" else min(d, width)
+    extra = {"laplacian": 1, "hessian": d * d}.get(op, 0)
+    assert diffops.explain(op, net, x, method="forward").products == tangents + extra
+
+
+def test_forward_laplacian_of_models_without_a_first_linear_or_any_activation():
+    """An activation first (tangents start as the identity), a purely affine model (Laplacian 0,
+    exactly), and two activations in a row."""
+    x = torch.randn(5, 3, dtype=torch.float64, requires_grad=True)
+    for net in [torch.nn.Sequential(torch.nn.Tanh(), torch.nn.Linear(3, 4), torch.nn.Sigmoid(), torch.nn.Linear(4, 2)),
+                torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Tanh(), torch.nn.Linear(4, 1))]:
+        net = net.double()
+        for op in ("laplacian", "jacobian", "hessian"):
+            operator = getattr(diffops, op)
+            torch.testing.assert_close(operator(net, x, method="forward")[1], operator(net(x), x), **CLOSE)
+    affine = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2)).double()
+    value, lap = diffops.laplacian(affine, x)
+    assert torch.equal(value, affine(x)) and torch.equal(lap, torch.zeros(5, 2, dtype=torch.float64))
+
+
 @pytest.mark.parametrize("op", ["laplacian", "hessian"])
 @pytest.mark.parametrize("model", ["mlp", "custom"])
 def test_forward_over_reverse_equals_the_graph_form_and_trains(op, model, device):

@@ -56,6 +56,67 @@ const std::vector<std::string>& forward_laplacian_activations() {
   return kinds;
 }
 
+namespace {
+
+// Whether the tangents are carried in the reduced basis: the rows of the first layer's Wᵀ span at
+// most r = min(d, width) directions, and everything op needs is invariant under an orthogonal
+// change of those d directions (see value_and_derivative).
+bool reduces(const std::string& op, int64_t d, const std::vector<Step>& mlp) {
+  return op != "hessian" && !mlp.empty() && mlp.front().kind == "linear" &&
+         mlp.front().weight.defined() && mlp.front().weight.dim() == 2 &&
+         mlp.front().weight.size(0) < d;
+}
+
+// The tangents of every point: J = Q · diag-free core, where the core is `shared` (r, w), the same
+// for all points, optionally with a pending per-point column scale (N, w) (an activation applied
+// to a shared core), or `batched` (N, r, w). Q (d, r) has orthonormal columns, or is undefined
+// (the identity, r = d).
+struct Tangents {
+  at::Tensor core;   // (r, w) or (N, r, w)
+  at::Tensor scale;  // (N, w) or undefined; only with a shared core
+  at::Tensor Q;      // (d, r) or undefined
+  bool shared = true;
+
+  // Σ_i J_i² per point and unit (N, w) or (w,) when shared without scale: invariant under Q.
+  at::Tensor sum_of_squares() const {
+    if (!shared) return (core * core).sum(1);
+    auto s = (core * core).sum(0);
+    return scale.defined() ? scale * scale * s : s;
+  }
+  // J ← diag(a) J, per point.
+  void activation(const at::Tensor& a) {
+    if (!shared) core = a.unsqueeze(1) * core;
+    else scale = scale.defined() ? scale * a : a;
+  }
+  // J ← J Wᵀ. A shared core with a pending scale a becomes batched in one product:
+  // (core · diag(a_n) · Wᵀ)[i, l] = Σ_j a_n[j] core[i, j] Wᵀ[j, l], i.e. a (N, w) @ P (w, r·w').
+  void linear(const at::Tensor& Wt, int64_t n) {
+    const auto r = core.size(-2), out = Wt.size(1);
+    if (!shared) {
+      core = at::matmul(core, Wt);
+    } else if (!scale.defined()) {
+      core = at::mm(core, Wt);
+    } else {
+      auto P = (core.unsqueeze(2) * Wt.unsqueeze(0)).transpose(0, 1).reshape({Wt.size(0), r * out});
+      core = at::mm(scale, P).view({n, r, out});
+      scale = at::Tensor();
+      shared = false;
+    }
+  }
+  // The core of every point, (N, r, w).
+  at::Tensor batched(int64_t n) const {
+    if (!shared) return core;
+    if (scale.defined()) return scale.unsqueeze(1) * core.unsqueeze(0);
+    return core.unsqueeze(0).expand({n, core.size(0), core.size(1)});
+  }
+};
+
+}  // namespace
+
+int64_t forward_tangents(const std::string& op, int64_t d, const std::vector<Step>& mlp) {
+  return reduces(op, d, mlp) ? mlp.front().weight.size(0) : d;
+}
+
 std::tuple<at::Tensor, at::Tensor> value_and_derivative(const std::string& op_name,
                                                         const at::Tensor& x,
                                                         const std::vector<Step>& mlp) {
@@ -71,9 +132,17 @@ std::tuple<at::Tensor, at::Tensor> value_and_derivative(const std::string& op_na
   auto batch = x.sizes().slice(0, x.dim() - 1).vec();
   auto h = x.reshape({-1, d});                                         // (N, width)
   const auto n = h.size(0);
-  at::Tensor J = at::eye(d, x.options()).expand({n, d, d});            // (N, d, width)
-  at::Tensor L = lap ? at::zeros_like(h) : at::Tensor();               // (N, width)
-  at::Tensor H = hess ? at::zeros({n, d, d, d}, x.options()) : at::Tensor();  // (N, d, d, width)
+  // The Laplacian and the Hessian need the tangents only up to the last activation.
+  size_t needed = mlp.size();
+  if (lap || hess) {
+    needed = 0;
+    for (size_t k = 0; k < mlp.size(); ++k)
+      if (mlp[k].kind != "linear") needed = k + 1;
+  }
+  const bool reduce = reduces(op_name, d, mlp);
+  Tangents J{at::eye(d, x.options())};
+  at::Tensor L;  // (N, width), undefined while zero
+  at::Tensor H;  // (N, d, d, width), undefined while zero
   for (size_t k = 0; k < mlp.size(); ++k) {
     const auto& step = mlp[k];
     if (step.kind == "linear") {
@@ -88,15 +157,32 @@ std::tuple<at::Tensor, at::Tensor> value_and_derivative(const std::string& op_na
                         x.device());
       auto Wt = step.weight.t();
       h = step.bias.defined() ? at::addmm(step.bias, h, Wt) : at::mm(h, Wt);
-      J = at::matmul(J, Wt);
-      if (lap) L = at::mm(L, Wt);
-      if (hess) H = at::matmul(H, Wt);
+      if (L.defined()) L = at::mm(L, Wt);
+      if (H.defined()) H = at::matmul(H, Wt);
+      if (k >= needed) continue;
+      if (k == 0) {
+        // J = Wᵀ (d, w). With w < d, Wᵀ = Q R (reduced QR): carry R's w rows instead of d.
+        if (reduce) {
+          auto [Q, R] = at::linalg_qr(Wt, "reduced");
+          J = Tangents{R, at::Tensor(), Q};
+        } else {
+          J.core = Wt;
+        }
+      } else {
+        J.linear(Wt, n);
+      }
     } else {
       auto [s, d1, d2] = activation(op_name, step.kind, h);
-      if (lap) L = d1 * L + d2 * (J * J).sum(1);
-      if (hess) H = d1.unsqueeze(1).unsqueeze(1) * H +
-                    d2.unsqueeze(1).unsqueeze(1) * J.unsqueeze(2) * J.unsqueeze(1);
-      J = d1.unsqueeze(1) * J;
+      if (lap) {
+        auto curvature = d2 * J.sum_of_squares();
+        L = L.defined() ? at::addcmul(curvature, d1, L) : curvature;
+      }
+      if (hess) {
+        auto Jb = J.batched(n);
+        auto outer = d2.unsqueeze(1).unsqueeze(1) * Jb.unsqueeze(2) * Jb.unsqueeze(1);
+        H = H.defined() ? d1.unsqueeze(1).unsqueeze(1) * H + outer : outer;
+      }
+      if (k + 1 < needed) J.activation(d1);
       h = s;
     }
   }
@@ -107,12 +193,25 @@ std::tuple<at::Tensor, at::Tensor> value_and_derivative(const std::string& op_na
     return out;
   };
   auto value = h.reshape(shape({m}));
-  if (lap) return {value, L.reshape(shape({m}))};
-  if (hess) return {value, H.permute({0, 3, 1, 2}).reshape(shape({m, d, d}))};
-  if (op_name == "jacobian") return {value, J.transpose(1, 2).reshape(shape({m, d}))};
+  if (lap) {
+    if (!L.defined()) L = at::zeros_like(h);  // no activation: an affine map
+    return {value, L.reshape(shape({m}))};
+  }
+  if (hess) {
+    if (!H.defined()) H = at::zeros({n, d, d, m}, h.options());
+    return {value, H.permute({0, 3, 1, 2}).reshape(shape({m, d, d}))};
+  }
+  auto core = J.batched(n);  // (N, r, m)
+  if (op_name == "jacobian") {
+    auto full = J.Q.defined() ? at::matmul(J.Q, core) : core;  // (N, d, m)
+    return {value, full.transpose(1, 2).reshape(shape({m, d}))};
+  }
   TORCH_CHECK_VALUE(m == d, op, ": the model maps d = ", d, " coordinates to ", m,
                     " components; the divergence needs a vector field with d components");
-  return {value, J.diagonal(0, 1, 2).sum(-1).reshape(batch)};
+  if (!J.Q.defined()) return {value, core.diagonal(0, 1, 2).sum(-1).reshape(batch)};
+  // tr(Q C) = Σ_{i,k} C[i, k] Q[k, i]: one (N, r·d) @ (r·d) product.
+  auto Qt = J.Q.t().reshape({-1});
+  return {value, at::mv(core.reshape({n, -1}), Qt).reshape(batch)};
 }
 
 namespace {

@@ -11,6 +11,13 @@
 // so one pass replaces the 1 + d reverse products of the graph form. Built from ATen ops: the
 // result is differentiable, a PINN loss on it trains the weights. <diffops/nn.h> applies it to
 // torch::nn::Sequential models; any callable gets the graph form or forward-over-reverse.
+//
+// Know your Jacobian: after the first layer J = W₁ᵀ (d × w₁) is the same for every point, so it is
+// kept once (not N times), and the first activation's scale folds into the next product. When the
+// first layer is narrower than the input (w₁ < d), W₁ᵀ = Q R (reduced QR, Q with orthonormal
+// columns) and the tangents are carried as R's w₁ rows instead of d: Σ_i J_i² (the Laplacian) and
+// tr(J) = tr(Q · core) (the divergence) do not depend on the basis, and the Jacobian is Q · core at
+// the end. Tangents are dropped after the last activation when only L is wanted.
 
 #include <ATen/core/Tensor.h>
 
@@ -44,6 +51,10 @@ const std::vector<std::string>& forward_laplacian_activations();
 std::tuple<at::Tensor, at::Tensor> value_and_derivative(const std::string& op,
                                                         const at::Tensor& x,
                                                         const std::vector<Step>& mlp);
+
+/// How many tangent vectors per point value_and_derivative carries for op: min(d, w₁) for
+/// jacobian, divergence and laplacian of an MLP whose first step is a Linear of width w₁, else d.
+int64_t forward_tangents(const std::string& op, int64_t d, const std::vector<Step>& mlp);
 
 /// A field as a function of the points: batch + (d,) -> batch + comp.
 using Function = std::function<at::Tensor(const at::Tensor&)>;

@@ -117,10 +117,11 @@ inline Plan explain(const std::string& op, torch::nn::Sequential& net, const at:
   const bool forward_op =
       op == "laplacian" || op == "hessian" || op == "divergence" || op == "jacobian";
   const bool forward = method == "forward" || (method == "auto" && detail::auto_forward(op));
-  if (forward_op && forward && mlp_steps(net)) {
+  auto steps = forward_op && forward ? mlp_steps(net) : std::nullopt;
+  if (steps) {
     const int64_t d = x.size(-1);
     const int64_t extra = op == "laplacian" ? 1 : op == "hessian" ? d * d : 0;
-    return {"forward", 1, d + extra,
+    return {"forward", 1, forward_tangents(op, d, *steps) + extra,
             method == "auto" ? "auto: the model is an MLP diffops propagates forward" : "asked for"};
   }
   auto u = net->forward(x);

@@ -66,6 +66,17 @@ std::tuple<at::Tensor, at::Tensor> value_and_derivative(c10::string_view op, T x
   }
   return diffops::value_and_derivative(std::string(op), x, mlp);
 }
+int64_t forward_tangents(c10::string_view op, int64_t d, const OptionalTensors& weights,
+                         std::vector<std::string> kinds) {
+  TORCH_CHECK_VALUE(weights.size() == kinds.size(),
+                    "forward_tangents: weights and kinds must have one entry per step");
+  std::vector<diffops::Step> mlp;
+  for (size_t k = 0; k < kinds.size(); ++k) {
+    std::optional<at::Tensor> w = weights.get(k);
+    mlp.push_back({kinds[k], w.value_or(at::Tensor())});
+  }
+  return diffops::forward_tangents(std::string(op), d, mlp);
+}
 at::Tensor jacobian(T v, T x, bool cg, bool cs, c10::string_view method) {
   GilRelease g;
   return diffops::jacobian(v, x, opts(cg, cs).method(std::string(method)));
@@ -130,6 +141,7 @@ TORCH_LIBRARY(diffops, m) {
   // undefined weights for activation steps
   m.def("value_and_derivative(str op, Tensor x, Tensor?[] weights, Tensor?[] biases, str[] kinds)"
         " -> (Tensor, Tensor)", &value_and_derivative);
+  m.def("forward_tangents(str op, int d, Tensor?[] weights, str[] kinds) -> int", &forward_tangents);
   m.def("jacobian(Tensor v, Tensor x, *, bool create_graph=True, bool check_structure=False, "
         "str method=\"auto\") -> Tensor", &jacobian);
   m.def("directional_derivative(Tensor u, Tensor x, Tensor direction, *, bool create_graph=True, "

@@ -170,10 +170,13 @@ def function_plan(op: str, f: Callable[[Tensor], Tensor], x: Tensor, method: str
     """The function form's own plans ("forward", "forward-over-reverse"); None: the graph form's."""
     d = x.shape[-1]
     forward = method == "forward" or (method == "auto" and op in _AUTO_FORWARD_OPS)
-    if op in _FORWARD_OPS and forward and mlp_steps(f) is not None:
+    steps = mlp_steps(f) if op in _FORWARD_OPS and forward else None
+    if steps is not None:
         extra = {"laplacian": 1, "hessian": d * d}.get(op, 0)
+        kinds, weights, _ = zip(*steps) if steps else ((), (), ())
+        tangents = _ops.forward_tangents(op, d, list(weights), list(kinds))
         reason = "auto: the model is an MLP diffops propagates forward" if method == "auto" else "asked for"
-        return Plan("forward", 1, d + extra, reason)
+        return Plan("forward", 1, tangents + extra, reason)
     if method == "forward-over-reverse" and op in ("laplacian", "hessian"):
         components = 1
         with torch.no_grad():

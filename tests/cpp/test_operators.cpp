@@ -289,6 +289,35 @@ TEST(FunctionForm, SequentialAndCallableFormsEqualTheGraphForm) {
          "divergence: method 'forward-over-reverse' is for laplacian and hessian");
 }
 
+TEST(FunctionForm, ReducedBasisForNarrowFirstLayers) {
+  // d = 24 inputs into a first layer of width 6: 6 tangents (R of W₁ᵀ = QR) carry everything.
+  torch::manual_seed(2);
+  torch::nn::Sequential net(torch::nn::Linear(24, 6), torch::nn::Tanh(), torch::nn::Linear(6, 6),
+                            torch::nn::Sigmoid(), torch::nn::Linear(6, 24));
+  net->to(torch::kFloat64);
+  auto x = torch::randn({5, 24}, torch::kFloat64).requires_grad_();
+  auto v = net->forward(x);
+  const auto forward = diffops::Options().method("forward");
+  for (std::string op : {"laplacian", "divergence", "jacobian"}) {
+    Tensor got = op == "laplacian"    ? std::get<1>(diffops::laplacian(net, x, forward))
+                 : op == "divergence" ? std::get<1>(diffops::divergence(net, x, forward))
+                                      : std::get<1>(diffops::jacobian(net, x, forward));
+    Tensor want = op == "laplacian"    ? diffops::laplacian(v, x)
+                  : op == "divergence" ? diffops::divergence(v, x)
+                                       : diffops::jacobian(v, x);
+    EXPECT_TRUE(torch::allclose(got, want, 1e-10, 1e-12)) << op;
+    // the weights' gradients through the QR equal the graph form's
+    auto params = net->parameters();
+    auto g_got = torch::autograd::grad({got.pow(2).sum()}, params, {}, true, false, true);
+    auto g_want = torch::autograd::grad({want.pow(2).sum()}, params, {}, true, false, true);
+    for (size_t k = 0; k < params.size(); ++k) {
+      if (!g_want[k].defined()) continue;  // a bias the operator does not see
+      EXPECT_TRUE(torch::allclose(g_got[k], g_want[k], 1e-10, 1e-12)) << op << " parameter " << k;
+    }
+    EXPECT_EQ(diffops::explain(op, net, x, forward).products, 6 + (op == "laplacian" ? 1 : 0)) << op;
+  }
+}
+
 TEST(Structure, CheckStructureCatchesCoupledPoints) {
   torch::manual_seed(0);
   auto x = torch::randn({12, 3}, torch::kFloat64).requires_grad_();
