@@ -7,8 +7,8 @@ diffops: the function form op(net, x) with method "auto" (the C++ forward propag
 and "forward-over-reverse"; the graph form op(u, x) with "auto" (= "loop") and "batched"; and
 "hutchinson" with one probe (an estimate: listed for its cost, excluded from "best").
 Peers: a loop of torch.autograd.grad; torch.func vmap(hessian) / vmap(jacrev) and vmap(jvp(grad)) /
-vmap(jacfwd). jet-for-pytorch (collapsed Taylor mode) is not installable on this machine (no wheel
-reachable), so it is absent; its numbers from the issue are quoted in docs/benchmarks.md.
+vmap(jacfwd); for the Laplacian, jet-for-pytorch's collapsed Taylor mode when it is installed
+(`python benchmarks/install_jet.py`: it needs Python >= 3.12 and is made importable on 3.11 there).
 
 eval: the operator alone; train: loss = mean(result²) and backward to the parameters. Median times,
 methods run round-robin; the exact methods are checked against each other first. "peak MiB": memory
@@ -35,6 +35,20 @@ def mlp(d_in, d_out, width, device, dtype):
     ).to(device, dtype)
 
 
+def _jet_laplacian(net, x):
+    """jet-for-pytorch's collapsed Taylor mode as its own benchmark (exp01) runs it: the Laplacian
+    of one datum, captured and simplified (common subexpressions eliminated), vmapped over the
+    points. None when jet is not installed (benchmarks/install_jet.py)."""
+    try:
+        import jet
+    except ImportError:
+        return None
+    lap, _ = jet.capture_graph(jet.laplacian(net, (x[0],), collapsed=True), (x[0],))
+    jet.common_subexpression_elimination(lap.graph)
+    lap.recompile()
+    return vmap(lap)
+
+
 def strategies(op, net, x):
     """name -> (function returning the result, exact?)"""
     params = dict(net.named_parameters())
@@ -55,8 +69,11 @@ def strategies(op, net, x):
         return run
 
     def function(method):
+        # x needs requires_grad only where the function form falls back to the graph form
+        graph_form = diffops.explain(op, net, x, method=method).method not in ("forward", "forward-over-reverse")
+
         def run():
-            out = operator(net, x, method=method)[1]
+            out = operator(net, x.detach().requires_grad_(graph_form), method=method)[1]
             return out if vector else out[:, 0]
 
         return run
@@ -76,6 +93,8 @@ def strategies(op, net, x):
     methods = {
         f"diffops {op}(net, x), auto": (function("auto"), True),
     }
+    if diffops.explain(op, net, x).method != "forward":
+        methods[f"diffops {op}(net, x), forward"] = (function("forward"), True)
     if not vector:
         methods["diffops forward-over-reverse"] = (function("forward-over-reverse"), True)
     methods["diffops graph form, auto (loop)"] = (graph("auto"), True)
@@ -92,6 +111,9 @@ def strategies(op, net, x):
             return vmap(lambda q: vmap(lambda e: jvp(g, (q,), (e,))[1] @ e)(eye).sum())(x)
 
         methods["torch.func vmap(jvp(grad))"] = (jvp_grad, True)
+        jet_laplacian = _jet_laplacian(net, x)
+        if jet_laplacian is not None:
+            methods["jet-for-pytorch collapsed, vmap"] = (lambda: jet_laplacian(x)[:, 0], True)
     elif op == "hessian":
         methods["torch.func vmap(hessian)"] = (lambda: vmap(hessian(lambda r: point(params, r)))(x), True)
     else:
@@ -116,10 +138,18 @@ def main():
     ap.add_argument("--skip", nargs="*", default=[], help="skip methods whose name contains one of these")
     args = ap.parse_args()
     dt, device = getattr(torch, args.dtype), torch.device(args.device)
-    print(f"# {args.op}: torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}, "
+    jet = "not installed"
+    try:
+        from importlib.metadata import version
+
+        jet = version("jet-for-pytorch")
+    except Exception:
+        pass
+    print(f"# {args.op}: torch {torch.__version__}, jet-for-pytorch {jet}, {torch.get_num_threads()} threads, device {device}, "
           f"{args.dtype}, N={args.points}, 3 tanh layers of width {args.width}")
-    print("| d | method | eval ms | train ms |" + (" peak MiB |" if args.memory else "") + " train / best diffops |")
-    print("|---|---|---|---|" + ("---|" if args.memory else "") + "---|")
+    print("| d | method | eval ms | train ms |" + (" peak MiB |" if args.memory else "")
+          + " eval / best diffops | train / best diffops |")
+    print("|---|---|---|---|" + ("---|" if args.memory else "") + "---|---|")
     for d in args.d:
         torch.manual_seed(0)
         net = mlp(d, d if args.op == "divergence" else 1, args.width, device, dt)
@@ -142,10 +172,13 @@ def main():
         evals = median_times(calls, args.repeats, args.budget)
         trains = median_times([trainer(f) for f in calls], args.repeats, args.budget)
         mems = [peak_memory_mib(trainer(f), device) for f in calls] if args.memory else None
-        best = min(t for t, (name, (_, exact)) in zip(trains, fns.items()) if exact and name.startswith("diffops"))
+        exact = [name.startswith("diffops") and ex for name, (_, ex) in fns.items()]
+        best_eval = min(t for t, ex in zip(evals, exact) if ex)
+        best = min(t for t, ex in zip(trains, exact) if ex)
         for k, (name, te, tt) in enumerate(zip(fns, evals, trains)):
             mem = f" {mems[k]:.0f} |" if mems else ""
-            print(f"| {d} | {name} | {te * 1e3:.2f} | {tt * 1e3:.2f} |{mem} {tt / best:.2f}× |", flush=True)
+            print(f"| {d} | {name} | {te * 1e3:.2f} | {tt * 1e3:.2f} |{mem} {te / best_eval:.2f}× | {tt / best:.2f}× |",
+                  flush=True)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,13 @@ def cache_step(net, x):
     return residual.pow(2).mean() + boundary.pow(2).mean()
 
 
-@pytest.mark.parametrize("step", [operators_step, cache_step], ids=lambda f: f.__name__)
+def forward_laplacian_step(net, x):
+    value, lap = diffops.laplacian(net, x)  # the function form: C++ forward propagation
+    residual = lap[:, 0] + value[:, 0] + torch.sin(x).prod(-1)
+    return residual.pow(2).mean()
+
+
+@pytest.mark.parametrize("step", [operators_step, cache_step, forward_laplacian_step], ids=lambda f: f.__name__)
 @pytest.mark.parametrize("backend", ["eager", "aot_eager", "inductor"])
 def test_compiled_pinn_step_matches_eager(backend, step, device):
     torch._dynamo.reset()

@@ -1,6 +1,7 @@
 #include "diffops/function.h"
 
 #include <ATen/ATen.h>
+#include <torch/csrc/autograd/custom_function.h>
 
 #include <cmath>
 
@@ -67,6 +68,38 @@ bool reduces(const std::string& op, int64_t d, const std::vector<Step>& mlp) {
          mlp.front().weight.size(0) < d;
 }
 
+// The tangents J (N, r, w) of every point through an activation with a = σ'(h) (N, w): returns
+// Σ_i J_i² (N, w) and, when `scaled`, a ⊙ J. The backward is written out: three passes over
+// (N, r, w) (gJ = a ⊙ gJa + 2 J ⊙ gss in two, ga = Σ_i gJa ⊙ J in one) where autograd's own takes
+// seven and twice the temporaries; it is built from ATen ops, so it is differentiable again.
+struct TangentActivation : torch::autograd::Function<TangentActivation> {
+  static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx,
+                                                const at::Tensor& J, const at::Tensor& a,
+                                                bool scaled) {
+    ctx->set_materialize_grads(false);
+    ctx->save_for_backward({J, a});
+    ctx->saved_data["scaled"] = scaled;
+    auto squares = (J * J).sum(1);
+    if (!scaled) return {squares};
+    return {squares, J * a.unsqueeze(1)};
+  }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    auto saved = ctx->get_saved_variables();
+    const auto &J = saved[0], &a = saved[1];
+    at::Tensor gJ, ga;
+    if (ctx->saved_data["scaled"].toBool() && grads[1].defined()) {
+      gJ = grads[1] * a.unsqueeze(1);
+      ga = (grads[1] * J).sum(1);
+    }
+    if (grads[0].defined()) {
+      auto twice = (2 * grads[0]).unsqueeze(1);
+      gJ = gJ.defined() ? gJ.addcmul_(J, twice) : J * twice;
+    }
+    return {gJ, ga, at::Tensor()};
+  }
+};
+
 // The tangents of every point: J = Q · diag-free core, where the core is `shared` (r, w), the same
 // for all points, optionally with a pending per-point column scale (N, w) (an activation applied
 // to a shared core), or `batched` (N, r, w). Q (d, r) has orthonormal columns, or is undefined
@@ -77,16 +110,26 @@ struct Tangents {
   at::Tensor Q;      // (d, r) or undefined
   bool shared = true;
 
-  // Σ_i J_i² per point and unit (N, w) or (w,) when shared without scale: invariant under Q.
-  at::Tensor sum_of_squares() const {
-    if (!shared) return (core * core).sum(1);
-    auto s = (core * core).sum(0);
-    return scale.defined() ? scale * scale * s : s;
-  }
-  // J ← diag(a) J, per point.
-  void activation(const at::Tensor& a) {
-    if (!shared) core = a.unsqueeze(1) * core;
-    else scale = scale.defined() ? scale * a : a;
+  // Through an activation with a = σ'(h): with `squares`, returns Σ_i J_i² per point and unit,
+  // (N, w), or (w,) for a shared core without scale (invariant under Q); with `keep`, sets
+  // J ← diag(a) J.
+  at::Tensor activation(const at::Tensor& a, bool keep, bool squares) {
+    at::Tensor sums;
+    if (!shared) {
+      if (!squares) {
+        if (keep) core = core * a.unsqueeze(1);
+        return sums;
+      }
+      auto out = TangentActivation::apply(core, a, keep);
+      if (keep) core = out[1];
+      return out[0];
+    }
+    if (squares) {
+      sums = (core * core).sum(0);
+      if (scale.defined()) sums = scale * scale * sums;
+    }
+    if (keep) scale = scale.defined() ? scale * a : a;
+    return sums;
   }
   // J ← J Wᵀ. A shared core with a pending scale a becomes batched in one product:
   // (core · diag(a_n) · Wᵀ)[i, l] = Σ_j a_n[j] core[i, j] Wᵀ[j, l], i.e. a (N, w) @ P (w, r·w').
@@ -173,16 +216,16 @@ std::tuple<at::Tensor, at::Tensor> value_and_derivative(const std::string& op_na
       }
     } else {
       auto [s, d1, d2] = activation(op_name, step.kind, h);
-      if (lap) {
-        auto curvature = d2 * J.sum_of_squares();
-        L = L.defined() ? at::addcmul(curvature, d1, L) : curvature;
-      }
       if (hess) {
         auto Jb = J.batched(n);
         auto outer = d2.unsqueeze(1).unsqueeze(1) * Jb.unsqueeze(2) * Jb.unsqueeze(1);
         H = H.defined() ? d1.unsqueeze(1).unsqueeze(1) * H + outer : outer;
       }
-      if (k + 1 < needed) J.activation(d1);
+      auto squares = J.activation(d1, k + 1 < needed, lap);
+      if (lap) {
+        auto curvature = d2 * squares;
+        L = L.defined() ? at::addcmul(curvature, d1, L) : curvature;
+      }
       h = s;
     }
   }
