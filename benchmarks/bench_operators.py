@@ -70,7 +70,7 @@ def strategies(op, net, x):
 
     def function(method):
         # x needs requires_grad only where the function form falls back to the graph form
-        graph_form = diffops.explain(op, net, x, method=method).method not in ("forward", "forward-over-reverse")
+        graph_form = diffops.explain(op, net, x.detach().requires_grad_(), method=method).method not in ("forward", "forward-over-reverse")
 
         def run():
             out = operator(net, x.detach().requires_grad_(graph_form), method=method)[1]
@@ -93,7 +93,7 @@ def strategies(op, net, x):
     methods = {
         f"diffops {op}(net, x), auto": (function("auto"), True),
     }
-    if diffops.explain(op, net, x).method != "forward":
+    if diffops.explain(op, net, x.detach().requires_grad_()).method != "forward":
         methods[f"diffops {op}(net, x), forward"] = (function("forward"), True)
     if not vector:
         methods["diffops forward-over-reverse"] = (function("forward-over-reverse"), True)

@@ -98,8 +98,9 @@ def test_forward_hessian_jacobian_divergence_equal_the_graph_form(name, device):
         operator = getattr(diffops, op)
         value, got = operator(model, x, method="forward")
         assert got.shape == shape and diffops.explain(op, model, x, method="forward").method == "forward"
-        # "auto": the reverse loop for these (the forward propagation is auto for the Laplacian only)
-        assert diffops.explain(op, model, x).method == "loop"
+        # "auto": forward for the divergence; the reverse loop for the Hessian, and for this Jacobian
+        # (3 tangents forward against 2 reverse passes)
+        assert diffops.explain(op, model, x).method == ("forward" if op == "divergence" else "loop")
         torch.testing.assert_close(value, model(x), **CLOSE)
         torch.testing.assert_close(got, operator(graph_field, x), **CLOSE)
 
@@ -212,3 +213,27 @@ def test_forward_laplacian_passes_gradcheck_and_gradgradcheck():
     inputs = (x, *[p.detach().clone().requires_grad_() for p in module.parameters()])
     assert torch.autograd.gradcheck(lap, inputs)
     assert torch.autograd.gradgradcheck(lap, inputs)
+
+
+def test_the_python_auto_rule_mirrors_the_cpp_one():
+    """function_form decides "auto" in Python (torch.compile cannot trace an op returning a bool);
+    it must agree with diffops::forward_is_auto on every operator and shape of model."""
+    from diffops._function import _forward_is_auto, mlp_steps
+
+    def net(d, widths, first="linear"):
+        layers = [torch.nn.Tanh()] if first != "linear" else []
+        for a, b in zip([d] + widths, widths):
+            layers += [torch.nn.Linear(a, b), torch.nn.Tanh()]
+        return torch.nn.Sequential(*layers[:-1])
+
+    cases = [(3, [16, 2]), (3, [16, 3]), (3, [16, 8]), (24, [8, 8, 24]), (24, [8, 4]), (24, [30, 4]), (2, [2])]
+    for d, widths in cases:
+        for first in ("linear", "activation"):
+            steps = mlp_steps(net(d, widths, first))
+            kinds, weights, _ = zip(*steps)
+            x = torch.randn(2, d)
+            for op in ("laplacian", "divergence", "jacobian", "hessian"):
+                want = torch.ops.diffops.forward_is_auto(op, d, list(weights), list(kinds))
+                assert _forward_is_auto(op, x, steps) == want, (op, d, widths, first)
+    assert not _forward_is_auto("jacobian", torch.randn(4, 3), mlp_steps(net(3, [16, 2])))  # 3 tangents > 2 outputs
+    assert _forward_is_auto("jacobian", torch.randn(4, 3), mlp_steps(net(3, [16, 3])))

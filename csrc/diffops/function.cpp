@@ -160,6 +160,16 @@ int64_t forward_tangents(const std::string& op, int64_t d, const std::vector<Ste
   return reduces(op, d, mlp) ? mlp.front().weight.size(0) : d;
 }
 
+bool forward_is_auto(const std::string& op, int64_t d, const std::vector<Step>& mlp) {
+  if (op == "laplacian" || op == "divergence") return true;
+  if (op != "jacobian") return false;
+  int64_t m = d;  // the output width: the last Linear's, or d
+  for (const auto& step : mlp)
+    if (step.kind == "linear" && step.weight.defined() && step.weight.dim() == 2)
+      m = step.weight.size(0);
+  return forward_tangents(op, d, mlp) <= m;
+}
+
 std::tuple<at::Tensor, at::Tensor> value_and_derivative(const std::string& op_name,
                                                         const at::Tensor& x,
                                                         const std::vector<Step>& mlp) {

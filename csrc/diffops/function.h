@@ -56,6 +56,13 @@ std::tuple<at::Tensor, at::Tensor> value_and_derivative(const std::string& op,
 /// jacobian, divergence and laplacian of an MLP whose first step is a Linear of width w₁, else d.
 int64_t forward_tangents(const std::string& op, int64_t d, const std::vector<Step>& mlp);
 
+/// Whether method "auto" takes value_and_derivative for op on this MLP with d inputs: for the
+/// Laplacian and the divergence always (the fastest exact strategy at every d measured,
+/// benchmarks/bench_operators.py); for the Jacobian when it carries no more tangents than the
+/// reverse loop takes passes (forward_tangents ≤ m outputs); never for the Hessian (d² second-order
+/// vectors per layer: the reverse loop was faster from d = 8).
+bool forward_is_auto(const std::string& op, int64_t d, const std::vector<Step>& mlp);
+
 /// A field as a function of the points: batch + (d,) -> batch + comp.
 using Function = std::function<at::Tensor(const at::Tensor&)>;
 

@@ -52,22 +52,18 @@ inline std::optional<std::vector<Step>> mlp_steps(const torch::nn::Sequential& n
 
 namespace detail {
 
-// Whether "auto" takes the forward propagation for op: for the Laplacian, where it was faster than
-// every reverse strategy at every d measured; divergence and jacobian keep the reverse loop (as
-// fast or faster), and the forward Hessian (d² vectors per layer) was slower from d = 8
-// (benchmarks/bench_operators.py).
-inline bool auto_forward(const std::string& op) { return op == "laplacian"; }
-
 // The function form on a Sequential: one forward pass for a supported MLP ("forward", or "auto"
-// where auto_forward), otherwise the callable form with options (graph form or
+// where forward_is_auto), otherwise the callable form with options (graph form or
 // forward-over-reverse).
 template <typename Callable>
 std::tuple<at::Tensor, at::Tensor> sequential_form(const char* op, torch::nn::Sequential& net,
                                                    const at::Tensor& x, const Options& options,
                                                    Callable callable_form) {
   const auto& method = options.method();
-  if (method == "forward" || (method == "auto" && auto_forward(op))) {
-    if (auto steps = mlp_steps(net)) return value_and_derivative(op, x, *steps);
+  if (method == "forward" || method == "auto") {
+    auto steps = mlp_steps(net);
+    if (steps && (method == "forward" || forward_is_auto(op, x.size(-1), *steps)))
+      return value_and_derivative(op, x, *steps);
     TORCH_CHECK_VALUE(method == "auto", op, ": method 'forward' needs a Sequential of Linear "
                       "layers and Tanh, Sigmoid, Softplus(), SiLU, GELU(), Identity; use 'auto' "
                       "to fall back to the graph form");
@@ -116,9 +112,9 @@ inline Plan explain(const std::string& op, torch::nn::Sequential& net, const at:
   const auto& method = options.method();
   const bool forward_op =
       op == "laplacian" || op == "hessian" || op == "divergence" || op == "jacobian";
-  const bool forward = method == "forward" || (method == "auto" && detail::auto_forward(op));
-  auto steps = forward_op && forward ? mlp_steps(net) : std::nullopt;
-  if (steps) {
+  auto steps = forward_op && (method == "forward" || method == "auto") ? mlp_steps(net)
+                                                                       : std::nullopt;
+  if (steps && (method == "forward" || forward_is_auto(op, x.size(-1), *steps))) {
     const int64_t d = x.size(-1);
     const int64_t extra = op == "laplacian" ? 1 : op == "hessian" ? d * d : 0;
     return {"forward", 1, forward_tangents(op, d, *steps) + extra,

@@ -52,30 +52,36 @@ at::Tensor derivatives_row(T base, at::TensorList x, bool coordinates) {
   return diffops::detail::derivatives_row(base, x, coordinates);
 }
 using OptionalTensors = c10::List<std::optional<at::Tensor>>;
+// An MLP's steps from the registered lists (undefined weight and bias for activation steps).
+std::vector<diffops::Step> steps_of(const char* name, const OptionalTensors& weights,
+                                    const OptionalTensors* biases,
+                                    const std::vector<std::string>& kinds) {
+  TORCH_CHECK_VALUE(weights.size() == kinds.size() && (!biases || biases->size() == kinds.size()),
+                    name, ": weights, biases and kinds must have one entry per step");
+  std::vector<diffops::Step> mlp;
+  for (size_t k = 0; k < kinds.size(); ++k) {
+    std::optional<at::Tensor> w = weights.get(k), b = biases ? biases->get(k) : std::nullopt;
+    mlp.push_back({kinds[k], w.value_or(at::Tensor()), b.value_or(at::Tensor())});
+  }
+  return mlp;
+}
 std::tuple<at::Tensor, at::Tensor> value_and_derivative(c10::string_view op, T x,
                                                         const OptionalTensors& weights,
                                                         const OptionalTensors& biases,
                                                         std::vector<std::string> kinds) {
   GilRelease g;
-  TORCH_CHECK_VALUE(weights.size() == kinds.size() && biases.size() == kinds.size(),
-                    "value_and_derivative: weights, biases and kinds must have one entry per step");
-  std::vector<diffops::Step> mlp;
-  for (size_t k = 0; k < kinds.size(); ++k) {
-    std::optional<at::Tensor> w = weights.get(k), b = biases.get(k);
-    mlp.push_back({kinds[k], w.value_or(at::Tensor()), b.value_or(at::Tensor())});
-  }
-  return diffops::value_and_derivative(std::string(op), x, mlp);
+  return diffops::value_and_derivative(
+      std::string(op), x, steps_of("value_and_derivative", weights, &biases, kinds));
 }
 int64_t forward_tangents(c10::string_view op, int64_t d, const OptionalTensors& weights,
                          std::vector<std::string> kinds) {
-  TORCH_CHECK_VALUE(weights.size() == kinds.size(),
-                    "forward_tangents: weights and kinds must have one entry per step");
-  std::vector<diffops::Step> mlp;
-  for (size_t k = 0; k < kinds.size(); ++k) {
-    std::optional<at::Tensor> w = weights.get(k);
-    mlp.push_back({kinds[k], w.value_or(at::Tensor())});
-  }
-  return diffops::forward_tangents(std::string(op), d, mlp);
+  return diffops::forward_tangents(std::string(op), d,
+                                   steps_of("forward_tangents", weights, nullptr, kinds));
+}
+bool forward_is_auto(c10::string_view op, int64_t d, const OptionalTensors& weights,
+                     std::vector<std::string> kinds) {
+  return diffops::forward_is_auto(std::string(op), d,
+                                  steps_of("forward_is_auto", weights, nullptr, kinds));
 }
 at::Tensor jacobian(T v, T x, bool cg, bool cs, c10::string_view method) {
   GilRelease g;
@@ -142,6 +148,7 @@ TORCH_LIBRARY(diffops, m) {
   m.def("value_and_derivative(str op, Tensor x, Tensor?[] weights, Tensor?[] biases, str[] kinds)"
         " -> (Tensor, Tensor)", &value_and_derivative);
   m.def("forward_tangents(str op, int d, Tensor?[] weights, str[] kinds) -> int", &forward_tangents);
+  m.def("forward_is_auto(str op, int d, Tensor?[] weights, str[] kinds) -> bool", &forward_is_auto);
   m.def("jacobian(Tensor v, Tensor x, *, bool create_graph=True, bool check_structure=False, "
         "str method=\"auto\") -> Tensor", &jacobian);
   m.def("directional_derivative(Tensor u, Tensor x, Tensor direction, *, bool create_graph=True, "

@@ -22,10 +22,24 @@ from torch import Tensor
 _ops = torch.ops.diffops
 
 _FORWARD_OPS = ("jacobian", "divergence", "laplacian", "hessian")
-# Where "auto" takes the forward propagation: the Laplacian, where it was faster than every reverse
-# strategy at every d measured; for divergence and jacobian the reverse loop was as fast or faster,
-# and the forward Hessian (d² vectors per layer) was slower from d = 8 (benchmarks/bench_operators.py).
-_AUTO_FORWARD_OPS = ("laplacian",)
+
+
+def _forward_is_auto(op: str, x: Tensor, steps: list) -> bool:
+    """Whether "auto" takes the forward propagation: diffops::forward_is_auto's rule — Laplacian
+    and divergence always, the Jacobian when it carries no more tangents than it has outputs, never
+    the Hessian (benchmarks/bench_operators.py). Mirrored in Python because torch.compile cannot
+    trace an op that returns a bool; tests/test_function.py checks the two agree."""
+    if op in ("laplacian", "divergence"):
+        return True
+    if op != "jacobian" or not isinstance(x, Tensor) or x.dim() == 0:
+        return False
+    d = x.shape[-1]
+    linears = [weight for kind, weight, _ in steps if kind == "linear" and weight is not None and weight.dim() == 2]
+    outputs = linears[-1].shape[0] if linears else d
+    first = steps[0] if steps else None
+    reduced = first is not None and first[0] == "linear" and first[1] is not None and first[1].dim() == 2
+    tangents = min(d, first[1].shape[0]) if reduced else d
+    return tangents <= outputs
 
 
 class Sin(torch.nn.Module):
@@ -142,10 +156,10 @@ def function_form(
     op: str, graph: Callable[..., Tensor], f: Callable[[Tensor], Tensor], x: Tensor, method: str, **graph_options
 ) -> tuple[Tensor, Tensor]:
     """``(f(x), op(f(x), x))`` by the strategy ``method`` names; ``graph`` is the graph-form operator."""
-    if method == "forward" or (method == "auto" and op in _AUTO_FORWARD_OPS):
+    if method in ("forward", "auto"):
         steps = mlp_steps(f) if op in _FORWARD_OPS else None
-        if steps is not None:
-            kinds, weights, biases = zip(*steps)
+        if steps is not None and (method == "forward" or _forward_is_auto(op, x, steps)):
+            kinds, weights, biases = zip(*steps) if steps else ((), (), ())
             return _ops.value_and_derivative(op, x, list(weights), list(biases), list(kinds))
         if method == "forward":
             raise ValueError(
@@ -169,9 +183,8 @@ def function_form(
 def function_plan(op: str, f: Callable[[Tensor], Tensor], x: Tensor, method: str, **options) -> Plan | None:
     """The function form's own plans ("forward", "forward-over-reverse"); None: the graph form's."""
     d = x.shape[-1]
-    forward = method == "forward" or (method == "auto" and op in _AUTO_FORWARD_OPS)
-    steps = mlp_steps(f) if op in _FORWARD_OPS and forward else None
-    if steps is not None:
+    steps = mlp_steps(f) if op in _FORWARD_OPS and method in ("forward", "auto") else None
+    if steps is not None and (method == "forward" or _forward_is_auto(op, x, steps)):
         extra = {"laplacian": 1, "hessian": d * d}.get(op, 0)
         kinds, weights, _ = zip(*steps) if steps else ((), (), ())
         tangents = _ops.forward_tangents(op, d, list(weights), list(kinds))

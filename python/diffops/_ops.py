@@ -318,9 +318,11 @@ def laplacian(
     ``(f(x), Δf(x))``, so a PDE residual needs one call. For a ``torch.nn.Sequential`` of ``Linear``
     layers and elementwise activations (``Tanh``, :class:`diffops.Sin`, ``Sigmoid``, ``Softplus()``,
     ``SiLU``, ``GELU()``, ``Identity``) ``method="auto"`` (or ``"forward"``) propagates the Laplacian
-    forward with the value in C++ — one pass carrying a ``d × width`` Jacobian per point, no reverse
-    products, differentiable for training. Anything else falls back to ``u = f(x)`` and the graph
-    form below (``method="forward"`` then raises instead).
+    forward with the value in C++ — one pass carrying ``r = min(d, w₁)`` tangents per point (``w₁``:
+    the first layer's width; with ``w₁ < d``, ``W₁ᵀ = QR`` and the ``w₁`` rows of ``R`` stand for the
+    ``d`` coordinates, since ``Δ`` sums over an orthonormal basis), no reverse products,
+    differentiable for training. Anything else falls back to ``u = f(x)`` and the graph form below
+    (``method="forward"`` then raises instead).
 
     Args:
         u: field of shape ``batch + comp`` computed from ``x``; ``u[n]`` depends on ``x[n]`` only.

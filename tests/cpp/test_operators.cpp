@@ -257,7 +257,12 @@ TEST(FunctionForm, SequentialAndCallableFormsEqualTheGraphForm) {
   const auto forward = diffops::Options().method("forward");
   auto [v1, div] = diffops::divergence(net, x, forward);
   EXPECT_TRUE(torch::allclose(div, diffops::divergence(v, x), 1e-10, 1e-12));
-  EXPECT_EQ(diffops::explain("divergence", net, x).method, "loop");  // auto: reverse, first order
+  EXPECT_EQ(diffops::explain("divergence", net, x).method, "forward");  // auto: forward
+  EXPECT_EQ(diffops::explain("jacobian", net, x).method, "forward");    // 3 tangents, 3 outputs
+  EXPECT_EQ(diffops::explain("hessian", net, x).method, "loop");        // auto: reverse
+  torch::nn::Sequential narrow_out(torch::nn::Linear(3, 16), torch::nn::Tanh(), torch::nn::Linear(16, 1));
+  narrow_out->to(torch::kFloat64);
+  EXPECT_EQ(diffops::explain("jacobian", narrow_out, x).method, "loop");  // 3 tangents > 1 pass
   EXPECT_EQ(diffops::explain("divergence", net, x, forward).method, "forward");
   auto [v2, jac] = diffops::jacobian(net, x, forward);
   EXPECT_TRUE(torch::allclose(jac, diffops::jacobian(v, x), 1e-10, 1e-12));
