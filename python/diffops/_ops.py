@@ -99,16 +99,19 @@ def jacobian(
     r"""Jacobian of a field: :math:`J_{ij} = \partial v_i / \partial x_j` at every point.
 
     **Function form**: ``jacobian(f, x)`` returns ``(f(x), J)``; for a supported MLP (see
-    :func:`laplacian`) ``method="forward"`` carries ``d`` tangents forward with the value
-    (``"auto"`` keeps the reverse loop, measured as fast or faster for this first-order operator).
+    :func:`laplacian`) ``method="forward"`` carries ``min(d, w₁)`` tangents forward with the value.
+    ``"auto"`` takes it when that is no more than the ``m`` outputs (the reverse loop's passes),
+    else the reverse loop.
 
     Args:
         v: field of shape ``batch + comp`` computed from ``x``; ``v[n]`` depends on ``x[n]`` only.
             Or the model ``f`` itself (function form).
         x: points of shape ``batch + (d,)`` with ``requires_grad=True``.
         create_graph: keep the result differentiable.
-        method: ``"auto"`` (``"loop"``), ``"loop"`` (one product per component) or ``"batched"`` (the
-            same seeds stacked through one reverse pass, as ``autograd.grad(is_grads_batched=True)``).
+        method: ``"auto"`` (``"loop"``; in the function form ``"forward"`` where it pays, see above),
+            ``"loop"`` (one product per component), ``"batched"`` (the same seeds stacked through
+            one reverse pass, as ``autograd.grad(is_grads_batched=True)``) or ``"forward"``
+            (function form).
 
     Returns:
         Tensor of shape ``v.shape + (d,)`` with ``J[..., i, j] = ∂v_i/∂x_j``. Cost: one product per
@@ -212,8 +215,8 @@ def divergence(
     r"""Divergence :math:`\nabla\cdot v = \sum_i \partial v_i / \partial x_i` of a vector field.
 
     **Function form**: ``divergence(f, x)`` returns ``(f(x), ∇·f(x))``; for a supported MLP (see
-    :func:`laplacian`) ``method="forward"`` carries ``d`` tangents forward with the value
-    (``"auto"`` keeps the reverse loop, measured as fast or faster for this first-order operator).
+    :func:`laplacian`) ``"auto"`` (or ``"forward"``) carries ``min(d, w₁)`` tangents forward with
+    the value — measured 1.4–2.5× faster in training than the reverse loop at ``d = 8…128``.
 
     Args:
         v: vector field of shape ``batch + comp' + (d,)`` computed from ``x``; ``v[n]`` depends on
@@ -221,7 +224,7 @@ def divergence(
             ``f`` itself (function form).
         x: points of shape ``batch + (d,)`` with ``requires_grad=True``.
         create_graph: keep the result differentiable.
-        method: ``"auto"`` (``"loop"``, the fastest exact strategy measured for divergence),
+        method: ``"auto"`` (``"forward"`` for a supported model in the function form, else ``"loop"``),
             ``"loop"`` (exact, one product per diagonal entry), ``"batched"`` (exact: the ``d``
             seeds through one reverse pass), ``"forward"`` (function form) or ``"hutchinson"``: the
             unbiased estimate :math:`\frac1k\sum_s \varepsilon_s^\top J \varepsilon_s` with ``k = samples``
@@ -535,6 +538,9 @@ def explain(
         >>> net = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1)).double()
         >>> diffops.explain("laplacian", net, x)[:3]           # one pass carrying d + 1 vectors
         ('forward', 1, 4)
+        >>> wide = torch.nn.Sequential(torch.nn.Linear(32, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1)).double()
+        >>> diffops.explain("laplacian", wide, torch.rand(16, 32, dtype=torch.float64))[:3]  # min(d, 8) + 1
+        ('forward', 1, 9)
     """
     if callable(u) and not isinstance(u, Tensor):
         plan = function_plan(op, u, x, method)
