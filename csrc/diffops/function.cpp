@@ -100,7 +100,7 @@ struct TangentActivation : torch::autograd::Function<TangentActivation> {
   }
 };
 
-// The tangents of every point: J = Q · diag-free core, where the core is `shared` (r, w), the same
+// The tangents of every point: J = Q · core, where the core is `shared` (r, w), the same
 // for all points, optionally with a pending per-point column scale (N, w) (an activation applied
 // to a shared core), or `batched` (N, r, w). Q (d, r) has orthonormal columns, or is undefined
 // (the identity, r = d).

@@ -1,0 +1,39 @@
+"""The benchmark scripts run (tiny sizes, one repeat): each checks every exact method against the
+others before timing, so a run is also a cross-check of the strategies and peers; the table rows
+come out for every method."""
+
+import pathlib
+import re
+import subprocess
+import sys
+
+import pytest
+
+BENCH = pathlib.Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def bench(*args):
+    out = subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True, timeout=600, cwd=BENCH)
+    assert out.returncode == 0, out.stdout + out.stderr
+    return out.stdout
+
+
+@pytest.mark.parametrize("op", ["laplacian", "divergence", "hessian"])
+def test_bench_operators_cross_checks_and_reports_every_method(op):
+    text = bench("bench_operators.py", "--op", op, "--d", "3", "--points", "8", "--width", "8", "--repeats", "1",
+                 "--memory")
+    rows = [line for line in text.splitlines() if re.match(r"\| 3 \| ", line)]
+    names = {row.split(" | ")[1] for row in rows}
+    assert f"diffops {op}(net, x), auto" in names and "diffops graph form, auto (loop)" in names
+    assert "loop of torch.autograd.grad" in names and any(name.startswith("torch.func") for name in names)
+    # every row: eval ms, train ms, peak MiB, two ratios; the best diffops strategy's ratio is 1.00×
+    for row in rows:
+        cells = row.strip("|").split("|")
+        assert len(cells) == 7 and all(float(c.strip().rstrip("×")) >= 0 for c in cells[2:])
+    assert any(row.rstrip().endswith("| 1.00× |") for row in rows)
+
+
+def test_bench_elementwise_runs():
+    text = bench("bench_elementwise.py", "--n", "200", "--identity-max", "200", "--repeats", "1")
+    assert re.search(r"^\| 200 \| diffops\.derivative \(ones\) \|", text, re.M)
+    assert re.search(r"^\| 200 \| .*\(identity\) \|", text, re.M)
