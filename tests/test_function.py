@@ -139,6 +139,18 @@ def test_forward_laplacian_of_models_without_a_first_linear_or_any_activation():
         for op in ("laplacian", "jacobian", "hessian"):
             operator = getattr(diffops, op)
             torch.testing.assert_close(operator(net, x, method="forward")[1], operator(net(x), x), **CLOSE)
+    # fields whose last step is an activation (no trace shortcut for the divergence), with and without
+    # the reduced basis (d = 6 into width 4), and of a purely affine field (its trace, exactly)
+    for d, width in [(3, 8), (6, 4)]:
+        field = torch.nn.Sequential(torch.nn.Linear(d, width), torch.nn.Tanh(), torch.nn.Linear(width, d),
+                                    torch.nn.Sigmoid()).double()
+        p = torch.randn(5, d, dtype=torch.float64, requires_grad=True)
+        for op in ("divergence", "jacobian", "laplacian", "hessian"):
+            operator = getattr(diffops, op)
+            torch.testing.assert_close(operator(field, p, method="forward")[1], operator(field(p), p), **CLOSE)
+    linear = torch.nn.Linear(3, 3).double()
+    value, div = diffops.divergence(torch.nn.Sequential(linear), x)
+    torch.testing.assert_close(div, linear.weight.trace().expand(5), **CLOSE)
     affine = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2)).double()
     value, lap = diffops.laplacian(affine, x)
     assert torch.equal(value, affine(x)) and torch.equal(lap, torch.zeros(5, 2, dtype=torch.float64))

@@ -196,6 +196,7 @@ std::tuple<at::Tensor, at::Tensor> value_and_derivative(const std::string& op_na
   Tangents J{at::eye(d, x.options())};
   at::Tensor L;  // (N, width), undefined while zero
   at::Tensor H;  // (N, d, d, width), undefined while zero
+  at::Tensor trace;  // the divergence, when the last step is a Linear
   for (size_t k = 0; k < mlp.size(); ++k) {
     const auto& step = mlp[k];
     if (step.kind == "linear") {
@@ -213,6 +214,16 @@ std::tuple<at::Tensor, at::Tensor> value_and_derivative(const std::string& op_na
       if (L.defined()) L = at::mm(L, Wt);
       if (H.defined()) H = at::matmul(H, Wt);
       if (k >= needed) continue;
+      if (op_name == "divergence" && k > 0 && k + 1 == mlp.size()) {
+        // Only the trace of the last product is wanted: tr(Q · core · Wᵀ) = Σ_{i,j} core[i, j]
+        // (QᵀW)[i, j], one pass over the tangents instead of an (N, r, w) × (w, d) product.
+        TORCH_CHECK_VALUE(step.weight.size(0) == d, op, ": the model maps d = ", d,
+                          " coordinates to ", step.weight.size(0),
+                          " components; the divergence needs a vector field with d components");
+        auto M = J.Q.defined() ? at::mm(J.Q.t(), step.weight) : step.weight;  // (r, w)
+        trace = at::mv(J.batched(n).reshape({n, -1}), M.reshape({-1}));
+        continue;
+      }
       if (k == 0) {
         // J = Wᵀ (d, w). With w < d, Wᵀ = Q R (reduced QR): carry R's w rows instead of d.
         if (reduce) {
@@ -231,7 +242,10 @@ std::tuple<at::Tensor, at::Tensor> value_and_derivative(const std::string& op_na
         auto outer = d2.unsqueeze(1).unsqueeze(1) * Jb.unsqueeze(2) * Jb.unsqueeze(1);
         H = H.defined() ? d1.unsqueeze(1).unsqueeze(1) * H + outer : outer;
       }
-      auto squares = J.activation(d1, k + 1 < needed, lap);
+      // the Laplacian and the Hessian use the tangents up to the last activation; the Jacobian
+      // and the divergence use them after the last step, too
+      const bool keep = (lap || hess) ? k + 1 < needed : true;
+      auto squares = J.activation(d1, keep, lap);
       if (lap) {
         auto curvature = d2 * squares;
         L = L.defined() ? at::addcmul(curvature, d1, L) : curvature;
@@ -261,6 +275,7 @@ std::tuple<at::Tensor, at::Tensor> value_and_derivative(const std::string& op_na
   }
   TORCH_CHECK_VALUE(m == d, op, ": the model maps d = ", d, " coordinates to ", m,
                     " components; the divergence needs a vector field with d components");
+  if (trace.defined()) return {value, trace.reshape(batch)};
   if (!J.Q.defined()) return {value, core.diagonal(0, 1, 2).sum(-1).reshape(batch)};
   // tr(Q C) = Σ_{i,k} C[i, k] Q[k, i]: one (N, r·d) @ (r·d) product.
   auto Qt = J.Q.t().reshape({-1});

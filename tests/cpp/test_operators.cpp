@@ -321,6 +321,15 @@ TEST(FunctionForm, ReducedBasisForNarrowFirstLayers) {
     }
     EXPECT_EQ(diffops::explain(op, net, x, forward).products, 6 + (op == "laplacian" ? 1 : 0)) << op;
   }
+  // a field whose last step is an activation: the tangents go through it too
+  torch::nn::Sequential squashed(torch::nn::Linear(24, 6), torch::nn::Tanh(), torch::nn::Linear(6, 24),
+                                 torch::nn::Sigmoid());
+  squashed->to(torch::kFloat64);
+  auto s = squashed->forward(x);
+  EXPECT_TRUE(torch::allclose(std::get<1>(diffops::divergence(squashed, x, forward)),
+                              diffops::divergence(s, x), 1e-10, 1e-12));
+  EXPECT_TRUE(torch::allclose(std::get<1>(diffops::jacobian(squashed, x, forward)),
+                              diffops::jacobian(s, x), 1e-10, 1e-12));
 }
 
 TEST(Structure, CheckStructureCatchesCoupledPoints) {
