@@ -13,38 +13,48 @@
 namespace diffops {
 namespace {
 
-// σ(h), σ'(h), σ''(h) of an elementwise activation, from ATen ops (differentiable).
+// σ(h), σ'(h) and, with `second`, σ''(h) (else undefined) of an elementwise activation, from ATen
+// ops (differentiable).
 std::tuple<at::Tensor, at::Tensor, at::Tensor> activation(const std::string& op,
                                                           const std::string& kind,
-                                                          const at::Tensor& h) {
+                                                          const at::Tensor& h, bool second) {
+  at::Tensor d2;
   if (kind == "tanh") {
     auto t = at::tanh(h);
     auto d1 = 1 - t * t;
-    return {t, d1, -2 * t * d1};
+    if (second) d2 = -2 * t * d1;
+    return {t, d1, d2};
   }
-  if (kind == "sin") return {at::sin(h), at::cos(h), -at::sin(h)};
+  if (kind == "sin") {
+    auto s = at::sin(h);
+    if (second) d2 = -s;
+    return {s, at::cos(h), d2};
+  }
   if (kind == "sigmoid") {
     auto s = at::sigmoid(h);
     auto d1 = s * (1 - s);
-    return {s, d1, d1 * (1 - 2 * s)};
+    if (second) d2 = d1 * (1 - 2 * s);
+    return {s, d1, d2};
   }
   if (kind == "softplus") {  // torch's default: linear above threshold 20
     auto s = at::sigmoid(h);
     auto linear = h > 20;
-    return {at::softplus(h), at::where(linear, at::ones_like(h), s),
-            at::where(linear, at::zeros_like(h), s * (1 - s))};
+    if (second) d2 = at::where(linear, at::zeros_like(h), s * (1 - s));
+    return {at::softplus(h), at::where(linear, at::ones_like(h), s), d2};
   }
   if (kind == "silu") {
     auto s = at::sigmoid(h);
-    return {h * s, s * (1 + h * (1 - s)), s * (1 - s) * (2 + h * (1 - 2 * s))};
+    if (second) d2 = s * (1 - s) * (2 + h * (1 - 2 * s));
+    return {h * s, s * (1 + h * (1 - s)), d2};
   }
   if (kind == "gelu") {
     const double inv_sqrt_2pi = 1.0 / std::sqrt(2.0 * M_PI);
     auto pdf = at::exp(-0.5 * h * h) * inv_sqrt_2pi;
     auto cdf = 0.5 * (1 + at::erf(h * M_SQRT1_2));
-    return {h * cdf, cdf + h * pdf, pdf * (2 - h * h)};
+    if (second) d2 = pdf * (2 - h * h);
+    return {h * cdf, cdf + h * pdf, d2};
   }
-  if (kind == "identity") return {h, at::ones_like(h), at::zeros_like(h)};
+  if (kind == "identity") return {h, at::ones_like(h), second ? at::zeros_like(h) : d2};
   TORCH_CHECK_VALUE(false, op, ": unsupported step kind '", kind,
                     "'; supported: linear, tanh, sin, sigmoid, softplus, silu, gelu, identity");
 }
@@ -236,7 +246,7 @@ std::tuple<at::Tensor, at::Tensor> value_and_derivative(const std::string& op_na
         J.linear(Wt, n);
       }
     } else {
-      auto [s, d1, d2] = activation(op_name, step.kind, h);
+      auto [s, d1, d2] = activation(op_name, step.kind, h, lap || hess);
       if (hess) {
         auto Jb = J.batched(n);
         auto outer = d2.unsqueeze(1).unsqueeze(1) * Jb.unsqueeze(2) * Jb.unsqueeze(1);
