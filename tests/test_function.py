@@ -126,7 +126,9 @@ def test_forward_in_the_reduced_basis_equals_the_graph_form_and_trains(op, d, wi
         torch.testing.assert_close(g, w, **CLOSE)
     tangents = d if op == "hessian" else min(d, width)
     extra = {"laplacian": 1, "hessian": d * d}.get(op, 0)
-    assert diffops.explain(op, net, x, method="forward").products == tangents + extra
+    plan = diffops.explain(op, net, x, method="forward")
+    assert plan.products == tangents + extra
+    assert (f"{tangents} tangents for d = {d}" in plan.reason) == (tangents < d)
 
 
 def test_forward_laplacian_of_models_without_a_first_linear_or_any_activation():

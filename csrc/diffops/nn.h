@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <memory>
 #include <optional>
+#include <string>
 #include <tuple>
 #include <vector>
 
@@ -117,8 +118,13 @@ inline Plan explain(const std::string& op, torch::nn::Sequential& net, const at:
   if (steps && (method == "forward" || forward_is_auto(op, x.size(-1), *steps))) {
     const int64_t d = x.size(-1);
     const int64_t extra = op == "laplacian" ? 1 : op == "hessian" ? d * d : 0;
-    return {"forward", 1, forward_tangents(op, d, *steps) + extra,
-            method == "auto" ? "auto: the model is an MLP diffops propagates forward" : "asked for"};
+    const int64_t tangents = forward_tangents(op, d, *steps);
+    std::string reason =
+        method == "auto" ? "auto: the model is an MLP diffops propagates forward" : "asked for";
+    if (tangents < d)
+      reason += "; " + std::to_string(tangents) + " tangents for d = " + std::to_string(d) +
+                ": the first layer's width (W1ᵀ = QR)";
+    return {"forward", 1, tangents + extra, reason};
   }
   auto u = net->forward(x);
   if (method == "forward-over-reverse" && (op == "laplacian" || op == "hessian")) {

@@ -189,6 +189,8 @@ def function_plan(op: str, f: Callable[[Tensor], Tensor], x: Tensor, method: str
         kinds, weights, _ = zip(*steps) if steps else ((), (), ())
         tangents = _ops.forward_tangents(op, d, list(weights), list(kinds))
         reason = "auto: the model is an MLP diffops propagates forward" if method == "auto" else "asked for"
+        if tangents < d:
+            reason += f"; {tangents} tangents for d = {d}: the first layer's width (W1ᵀ = QR)"
         return Plan("forward", 1, tangents + extra, reason)
     if method == "forward-over-reverse" and op in ("laplacian", "hessian"):
         components = 1
