@@ -153,6 +153,9 @@ def test_forward_laplacian_of_models_without_a_first_linear_or_any_activation():
     linear = torch.nn.Linear(3, 3).double()
     value, div = diffops.divergence(torch.nn.Sequential(linear), x)
     torch.testing.assert_close(div, linear.weight.trace().expand(5), **CLOSE)
+    empty = torch.nn.Sequential()  # the identity map: J = I, divergence d, zero curvature
+    assert torch.equal(diffops.jacobian(empty, x, method="forward")[1], torch.eye(3, dtype=torch.float64).expand(5, 3, 3))
+    assert torch.equal(diffops.divergence(empty, x)[1], torch.full((5,), 3.0, dtype=torch.float64))
     affine = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2)).double()
     value, lap = diffops.laplacian(affine, x)
     assert torch.equal(value, affine(x)) and torch.equal(lap, torch.zeros(5, 2, dtype=torch.float64))

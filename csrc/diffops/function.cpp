@@ -203,7 +203,8 @@ std::tuple<at::Tensor, at::Tensor> value_and_derivative(const std::string& op_na
       if (mlp[k].kind != "linear") needed = k + 1;
   }
   const bool reduce = reduces(op_name, d, mlp);
-  Tangents J{at::eye(d, x.options())};
+  Tangents J;  // J = I (d, d) until the first Linear sets Wᵀ; materialised only if an activation comes first
+  if (mlp.empty() || mlp.front().kind != "linear") J.core = at::eye(d, x.options());
   at::Tensor L;  // (N, width), undefined while zero
   at::Tensor H;  // (N, d, d, width), undefined while zero
   at::Tensor trace;  // the divergence, when the last step is a Linear
