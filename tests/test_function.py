@@ -254,3 +254,12 @@ def test_the_python_auto_rule_mirrors_the_cpp_one():
                 assert _forward_is_auto(op, x, steps) == want, (op, d, widths, first)
     assert not _forward_is_auto("jacobian", torch.randn(4, 3), mlp_steps(net(3, [16, 2])))  # 3 tangents > 2 outputs
     assert _forward_is_auto("jacobian", torch.randn(4, 3), mlp_steps(net(3, [16, 3])))
+
+
+def test_function_form_names_a_point_tensor_without_a_coordinate_axis():
+    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1)).double()
+    scalar = torch.tensor(1.0, dtype=torch.float64)
+    for call in (lambda: diffops.laplacian(net, scalar), lambda: diffops.divergence(net, scalar),
+                 lambda: diffops.explain("laplacian", net, scalar)):
+        with pytest.raises(ValueError, match=r"^(laplacian|divergence): x must have shape batch \+ \(d,\)"):
+            call()

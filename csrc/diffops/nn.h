@@ -53,6 +53,11 @@ inline std::optional<std::vector<Step>> mlp_steps(const torch::nn::Sequential& n
 
 namespace detail {
 
+// d of points batch + (d,); 0 for anything else, which value_and_derivative then names.
+inline int64_t input_dim(const at::Tensor& x) {
+  return x.defined() && x.dim() >= 1 ? x.size(-1) : 0;
+}
+
 // The function form on a Sequential: one forward pass for a supported MLP ("forward", or "auto"
 // where forward_is_auto), otherwise the callable form with options (graph form or
 // forward-over-reverse).
@@ -63,7 +68,7 @@ std::tuple<at::Tensor, at::Tensor> sequential_form(const char* op, torch::nn::Se
   const auto& method = options.method();
   if (method == "forward" || method == "auto") {
     auto steps = mlp_steps(net);
-    if (steps && (method == "forward" || forward_is_auto(op, x.size(-1), *steps)))
+    if (steps && (method == "forward" || forward_is_auto(op, input_dim(x), *steps)))
       return value_and_derivative(op, x, *steps);
     TORCH_CHECK_VALUE(method == "auto", op, ": method 'forward' needs a Sequential of Linear "
                       "layers and Tanh, Sigmoid, Softplus(), SiLU, GELU(), Identity; use 'auto' "
@@ -115,8 +120,9 @@ inline Plan explain(const std::string& op, torch::nn::Sequential& net, const at:
       op == "laplacian" || op == "hessian" || op == "divergence" || op == "jacobian";
   auto steps = forward_op && (method == "forward" || method == "auto") ? mlp_steps(net)
                                                                        : std::nullopt;
-  if (steps && (method == "forward" || forward_is_auto(op, x.size(-1), *steps))) {
-    const int64_t d = x.size(-1);
+  if (steps && (method == "forward" || forward_is_auto(op, detail::input_dim(x), *steps))) {
+    const int64_t d = detail::input_dim(x);
+    TORCH_CHECK_VALUE(d > 0, op, ": x must have shape batch + (d,)");
     const int64_t extra = op == "laplacian" ? 1 : op == "hessian" ? d * d : 0;
     const int64_t tangents = forward_tangents(op, d, *steps);
     std::string reason =

@@ -182,6 +182,8 @@ def function_form(
 
 def function_plan(op: str, f: Callable[[Tensor], Tensor], x: Tensor, method: str, **options) -> Plan | None:
     """The function form's own plans ("forward", "forward-over-reverse"); None: the graph form's."""
+    if not isinstance(x, Tensor) or x.dim() == 0:
+        raise ValueError(f"{op}: x must have shape batch + (d,)")
     d = x.shape[-1]
     steps = mlp_steps(f) if op in _FORWARD_OPS and method in ("forward", "auto") else None
     if steps is not None and (method == "forward" or _forward_is_auto(op, x, steps)):

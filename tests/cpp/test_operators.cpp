@@ -323,6 +323,8 @@ TEST(FunctionForm, ReducedBasisForNarrowFirstLayers) {
     EXPECT_EQ(plan.products, 6 + (op == "laplacian" ? 1 : 0)) << op;
     EXPECT_NE(plan.reason.find("6 tangents for d = 24"), std::string::npos) << plan.reason;
   }
+  expect_error<c10::ValueError>([&] { diffops::laplacian(net, torch::tensor(1.0, torch::kFloat64)); },
+                                "laplacian: x must have shape batch + (d,)");
   // a field whose last step is an activation: the tangents go through it too
   torch::nn::Sequential squashed(torch::nn::Linear(24, 6), torch::nn::Tanh(), torch::nn::Linear(6, 24),
                                  torch::nn::Sigmoid());
