@@ -279,14 +279,15 @@ std::tuple<at::Tensor, at::Tensor> value_and_derivative(const std::string& op_na
     if (!H.defined()) H = at::zeros({n, d, d, m}, h.options());
     return {value, H.permute({0, 3, 1, 2}).reshape(shape({m, d, d}))};
   }
-  auto core = J.batched(n);  // (N, r, m)
   if (op_name == "jacobian") {
+    auto core = J.batched(n);                                   // (N, r, m)
     auto full = J.Q.defined() ? at::matmul(J.Q, core) : core;  // (N, d, m)
     return {value, full.transpose(1, 2).reshape(shape({m, d}))};
   }
   TORCH_CHECK_VALUE(m == d, op, ": the model maps d = ", d, " coordinates to ", m,
                     " components; the divergence needs a vector field with d components");
   if (trace.defined()) return {value, trace.reshape(batch)};
+  auto core = J.batched(n);  // (N, r, m)
   if (!J.Q.defined()) return {value, core.diagonal(0, 1, 2).sum(-1).reshape(batch)};
   // tr(Q C) = Σ_{i,k} C[i, k] Q[k, i]: one (N, r·d) @ (r·d) product.
   auto Qt = J.Q.t().reshape({-1});

@@ -24,6 +24,12 @@ _ops = torch.ops.diffops
 _FORWARD_OPS = ("jacobian", "divergence", "laplacian", "hessian")
 
 
+def _columns(steps: list) -> tuple[list, list, list]:
+    """An MLP's steps as the registered ops take them: kinds, weights, biases."""
+    kinds, weights, biases = zip(*steps) if steps else ((), (), ())
+    return list(kinds), list(weights), list(biases)
+
+
 def _forward_is_auto(op: str, x: Tensor, steps: list) -> bool:
     """Whether "auto" takes the forward propagation: diffops::forward_is_auto's rule — Laplacian
     and divergence always, the Jacobian when it carries no more tangents than it has outputs, never
@@ -159,8 +165,8 @@ def function_form(
     if method in ("forward", "auto"):
         steps = mlp_steps(f) if op in _FORWARD_OPS else None
         if steps is not None and (method == "forward" or _forward_is_auto(op, x, steps)):
-            kinds, weights, biases = zip(*steps) if steps else ((), (), ())
-            return _ops.value_and_derivative(op, x, list(weights), list(biases), list(kinds))
+            kinds, weights, biases = _columns(steps)
+            return _ops.value_and_derivative(op, x, weights, biases, kinds)
         if method == "forward":
             raise ValueError(
                 f"{op}: method='forward' needs f to be a torch.nn.Sequential of Linear layers and "
@@ -188,8 +194,8 @@ def function_plan(op: str, f: Callable[[Tensor], Tensor], x: Tensor, method: str
     steps = mlp_steps(f) if op in _FORWARD_OPS and method in ("forward", "auto") else None
     if steps is not None and (method == "forward" or _forward_is_auto(op, x, steps)):
         extra = {"laplacian": 1, "hessian": d * d}.get(op, 0)
-        kinds, weights, _ = zip(*steps) if steps else ((), (), ())
-        tangents = _ops.forward_tangents(op, d, list(weights), list(kinds))
+        kinds, weights, _ = _columns(steps)
+        tangents = _ops.forward_tangents(op, d, weights, kinds)
         reason = "auto: the model is an MLP diffops propagates forward" if method == "auto" else "asked for"
         if tangents < d:
             reason += f"; {tangents} tangents for d = {d}: the first layer's width (W1ᵀ = QR)"
