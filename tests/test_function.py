@@ -263,3 +263,60 @@ def test_function_form_names_a_point_tensor_without_a_coordinate_axis():
                  lambda: diffops.explain("laplacian", net, scalar)):
         with pytest.raises(ValueError, match=r"^(laplacian|divergence): x must have shape batch \+ \(d,\)"):
             call()
+
+
+FUNCTION_FORM_CASES = [  # (op, output width, method): the forward propagation and every fallback
+    ("laplacian", 2, "auto"), ("laplacian", 2, "loop"), ("laplacian", 2, "batched"),
+    ("laplacian", 2, "forward-over-reverse"), ("divergence", 3, "auto"), ("divergence", 3, "loop"),
+    ("jacobian", 2, "auto"), ("jacobian", 4, "auto"), ("hessian", 1, "auto"), ("hessian", 1, "forward"),
+    ("hessian", 1, "forward-over-reverse"),
+]
+
+
+@pytest.mark.parametrize("op,out,method", FUNCTION_FORM_CASES)
+def test_function_form_needs_no_requires_grad_and_works_under_no_grad(op, out, method):
+    """x need not require grad in the function form (the graph fallbacks differentiate an alias of
+    it), and under no_grad every method returns the same numbers, detached; the forward propagation
+    then updates its tangents in place, which must not change a bit."""
+    torch.manual_seed(5)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.Tanh(), torch.nn.Linear(8, 8), torch.nn.SiLU(),
+                              torch.nn.Linear(8, 8), torch.nn.Tanh(), torch.nn.Linear(8, out)).double()
+    x = torch.randn(6, 3, dtype=torch.float64)
+    operator = getattr(diffops, op)
+    u_ref, ref = operator(net, x.clone().requires_grad_(), method=method)
+    u, got = operator(net, x, method=method)  # x without requires_grad
+    assert torch.equal(u, u_ref) and torch.equal(got, ref)
+    assert got.requires_grad and not x.requires_grad  # still trains the weights
+    (g_ref,) = torch.autograd.grad(ref.pow(2).sum(), net[0].weight)
+    (g,) = torch.autograd.grad(got.pow(2).sum(), net[0].weight)
+    assert torch.equal(g, g_ref)
+    with torch.no_grad():
+        u_ng, got_ng = operator(net, x, method=method)
+        _, got_ng_x = operator(net, x.clone().requires_grad_(), method=method)
+    assert torch.equal(u_ng, u_ref) and torch.equal(got_ng, ref) and torch.equal(got_ng_x, ref)
+    assert not got_ng.requires_grad and not u_ng.requires_grad and not got_ng_x.requires_grad
+
+
+def test_forward_propagation_in_place_path_under_no_grad_is_bitwise_the_recorded_one():
+    """Without anything to differentiate, the forward propagation scales its tangents in place (no
+    second (N, r, w) tensor): the wide, deep case where that path runs through several layers."""
+    torch.manual_seed(6)
+    layers = [torch.nn.Linear(5, 32), torch.nn.GELU()]
+    for act in (torch.nn.Tanh, torch.nn.Sigmoid, torch.nn.SiLU):
+        layers += [torch.nn.Linear(32, 32), act()]
+    net = torch.nn.Sequential(*layers, torch.nn.Linear(32, 5)).double()
+    x = torch.randn(40, 5, dtype=torch.float64)
+    for op in ("laplacian", "divergence", "jacobian"):
+        operator = getattr(diffops, op)
+        _, recorded = operator(net, x, method="forward")
+        with torch.no_grad():
+            _, in_place = operator(net, x, method="forward")
+        with torch.inference_mode():
+            _, inference = operator(net, x, method="forward")
+        net.requires_grad_(False)
+        _, frozen = operator(net, x, method="forward")  # grad mode on, nothing requires grad
+        net.requires_grad_(True)
+        assert torch.equal(in_place, recorded) and torch.equal(inference, recorded), op
+        assert torch.equal(frozen, recorded), op
+        torch.testing.assert_close(recorded, operator(net(x.requires_grad_()), x), **CLOSE)
+        x = x.detach()

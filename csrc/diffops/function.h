@@ -68,10 +68,12 @@ using Function = std::function<at::Tensor(const at::Tensor&)>;
 
 /// Function form for any callable f: (f(x), D f(x)) with D the operator of the same name.
 /// Options::method as for the graph form ("auto", "loop", "batched", "hutchinson"), computed
-/// on u = f(x) (x must then require grad), plus for laplacian and hessian
+/// on u = f(x), plus for laplacian and hessian
 /// "forward-over-reverse": x's d coordinate directions become forward-mode tangents of d stacked
 /// copies of the points (points are independent), and one reverse pass through f on those dual
 /// points gives Hessian columns; exact, needs f to support forward-mode AD.
+/// x need not require grad (the function form differentiates an alias of it then), and every
+/// method works under NoGradGuard too, returning detached results (not under InferenceMode).
 std::tuple<at::Tensor, at::Tensor> laplacian(const Function& f, const at::Tensor& x,
                                              const Options& options = {});
 std::tuple<at::Tensor, at::Tensor> hessian(const Function& f, const at::Tensor& x,

@@ -83,7 +83,7 @@ std::tuple<at::Tensor, at::Tensor> sequential_form(const char* op, torch::nn::Se
 /// Function form on a Sequential: (net(x), D net(x)) for D = laplacian, hessian, divergence,
 /// jacobian. A supported MLP takes the forward propagation (value_and_derivative: one pass,
 /// differentiable) with method "auto" or "forward"; any other Sequential, or another method,
-/// computes as the callable form (function.h) does (x must then require grad).
+/// computes as the callable form (function.h) does.
 inline std::tuple<at::Tensor, at::Tensor> laplacian(torch::nn::Sequential& net, const at::Tensor& x,
                                                     const Options& options = {}) {
   return detail::sequential_form("laplacian", net, x, options, [](auto& f, auto& p, auto& o) {

@@ -182,8 +182,19 @@ def function_form(
             )
         u, hess = _forward_over_reverse(op, f, x, graph_options.get("create_graph", True))
         return (u, hess) if op == "hessian" else (u, hess.diagonal(0, -2, -1).sum(-1))
-    u = f(x)
-    return u, graph(u, x, method=method, **graph_options)
+    # The graph form differentiates f's graph to x. A floating x that does not require grad gets an
+    # alias that does (its caller wants no derivative to x), and the graph is built under no_grad
+    # too, the results then detached: the callable form works in every grad mode, as the forward
+    # propagation does. An inference tensor is left to the graph form's own error.
+    grad_at_call = torch.is_grad_enabled()
+    alias = isinstance(x, Tensor) and x.is_floating_point() and not x.requires_grad and not x.is_inference()
+    xg = x.detach().requires_grad_() if alias else x
+    with torch.enable_grad():
+        u = f(xg)
+        derivative = graph(u, xg, method=method, **graph_options)
+    if not grad_at_call:
+        return u.detach(), derivative.detach()
+    return u, derivative
 
 
 def function_plan(op: str, f: Callable[[Tensor], Tensor], x: Tensor, method: str, **options) -> Plan | None:

@@ -106,7 +106,7 @@ def jacobian(
     Args:
         v: field of shape ``batch + comp`` computed from ``x``; ``v[n]`` depends on ``x[n]`` only.
             Or the model ``f`` itself (function form).
-        x: points of shape ``batch + (d,)`` with ``requires_grad=True``.
+        x: points of shape ``batch + (d,)`` with ``requires_grad=True`` (not needed in the function form).
         create_graph: keep the result differentiable.
         method: ``"auto"`` (``"loop"``; in the function form ``"forward"`` where it pays, see above),
             ``"loop"`` (one product per component), ``"batched"`` (the same seeds stacked through
@@ -222,7 +222,7 @@ def divergence(
         v: vector field of shape ``batch + comp' + (d,)`` computed from ``x``; ``v[n]`` depends on
             ``x[n]`` only. Leading component axes ``comp'`` hold several vector fields. Or the model
             ``f`` itself (function form).
-        x: points of shape ``batch + (d,)`` with ``requires_grad=True``.
+        x: points of shape ``batch + (d,)`` with ``requires_grad=True`` (not needed in the function form).
         create_graph: keep the result differentiable.
         method: ``"auto"`` (``"forward"`` for a supported model in the function form, else ``"loop"``),
             ``"loop"`` (exact, one product per diagonal entry), ``"batched"`` (exact: the ``d``
@@ -331,7 +331,7 @@ def laplacian(
         u: field of shape ``batch + comp`` computed from ``x``; ``u[n]`` depends on ``x[n]`` only.
             Or the model ``f`` itself (function form).
         x: points of shape ``batch + (d,)`` with ``requires_grad=True`` (the function form needs no
-            ``requires_grad`` on its forward path).
+            ``requires_grad``, and works under ``torch.no_grad()`` too, returning detached results).
         create_graph: keep the result differentiable (a PINN loss on it trains the network).
         method: ``"auto"`` (``"loop"``; ``"forward"`` for a supported model in the function form),
             ``"loop"`` (exact, one product per diagonal entry), ``"batched"`` (exact: the ``d``
@@ -401,7 +401,7 @@ def hessian(
     Args:
         u: field of shape ``batch + comp`` computed from ``x``; ``u[n]`` depends on ``x[n]`` only.
             Or the model ``f`` itself (function form).
-        x: points of shape ``batch + (d,)`` with ``requires_grad=True``.
+        x: points of shape ``batch + (d,)`` with ``requires_grad=True`` (not needed in the function form).
         create_graph: keep the result differentiable.
         method: ``"auto"`` (``"loop"``: the forward Hessian was slower from ``d = 8``),
             ``"loop"``, ``"batched"`` (the ``d`` second products through one reverse pass),

@@ -371,6 +371,41 @@ TEST(FunctionForm, ForwardLaplacianEqualsTheGraphFormAndFallsBack) {
   EXPECT_TRUE(torch::equal(lap_v, diffops::laplacian(relu->forward(x), x)));
 }
 
+TEST(FunctionForm, NeedsNoRequiresGradAndWorksUnderNoGrad) {
+  // x need not require grad (the graph fallbacks differentiate an alias of it); under NoGradGuard
+  // every method gives the same numbers, detached, and the forward propagation scales its tangents
+  // in place without changing a bit.
+  torch::manual_seed(5);
+  torch::nn::Sequential net(torch::nn::Linear(3, 8), torch::nn::Tanh(), torch::nn::Linear(8, 8),
+                            torch::nn::SiLU(), torch::nn::Linear(8, 8), torch::nn::Tanh(),
+                            torch::nn::Linear(8, 3));
+  net->to(torch::kFloat64);
+  const auto x = torch::randn({6, 3}, torch::kFloat64);
+  using Op = std::function<std::tuple<Tensor, Tensor>(const Tensor&, const diffops::Options&)>;
+  const std::vector<std::pair<std::string, Op>> ops = {
+      {"laplacian", [&](auto& p, auto& o) { return diffops::laplacian(net, p, o); }},
+      {"divergence", [&](auto& p, auto& o) { return diffops::divergence(net, p, o); }},
+      {"jacobian", [&](auto& p, auto& o) { return diffops::jacobian(net, p, o); }},
+      {"hessian", [&](auto& p, auto& o) { return diffops::hessian(net, p, o); }}};
+  for (const auto& [name, op] : ops) {
+    for (std::string method : {"auto", "forward", "loop", "forward-over-reverse"}) {
+      if (method == "forward-over-reverse" && (name == "divergence" || name == "jacobian")) continue;
+      const auto options = diffops::Options().method(method);
+      auto [u_ref, ref] = op(x.clone().requires_grad_(), options);
+      auto [u, got] = op(x, options);
+      EXPECT_TRUE(torch::equal(u, u_ref) && torch::equal(got, ref)) << name << " " << method;
+      EXPECT_TRUE(got.requires_grad()) << name << " " << method;  // still trains the weights
+      Tensor u_ng, got_ng;
+      {
+        torch::NoGradGuard no_grad;
+        std::tie(u_ng, got_ng) = op(x, options);
+      }
+      EXPECT_TRUE(torch::equal(u_ng, u_ref) && torch::equal(got_ng, ref)) << name << " " << method;
+      EXPECT_FALSE(got_ng.requires_grad() || u_ng.requires_grad()) << name << " " << method;
+    }
+  }
+}
+
 TEST(Errors, NameOperatorArgumentAndCause) {
   for (const auto& c : error_cases()) {
     SCOPED_TRACE(c.name);
