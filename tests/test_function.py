@@ -205,31 +205,43 @@ def test_function_form_errors():
         diffops.hessian(Residual().double(), x, method="forward")
 
 
-class ForwardLaplacian(torch.nn.Module):  # lets functional_call swap the MLP's weights
-    def __init__(self, net):
+class ForwardOperator(torch.nn.Module):  # lets functional_call swap the MLP's weights
+    def __init__(self, op, net):
         super().__init__()
-        self.net = net
+        self.op, self.net = op, net
 
     def forward(self, x):
-        return diffops.laplacian(self.net, x)[1]
+        return getattr(diffops, self.op)(self.net, x, method="forward")[1]
 
 
-def test_forward_laplacian_passes_gradcheck_and_gradgradcheck():
-    """The hand-written backward of the tangents through an activation (C++ TangentActivation) is
-    checked against finite differences, and so is its own derivative (second-order training)."""
+GRADCHECK_NETS = {  # d, layers: plain, two activations in a row (a pending scale), reduced basis
+    "plain": (3, lambda: [torch.nn.Linear(3, 5), torch.nn.Tanh(), torch.nn.Linear(5, 5), torch.nn.Tanh(),
+                          torch.nn.Linear(5, 5), torch.nn.SiLU(), torch.nn.Linear(5, 3)]),
+    "stacked activations": (3, lambda: [torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 4), torch.nn.Sigmoid(),
+                                        torch.nn.GELU(), torch.nn.Linear(4, 3)]),
+    "reduced basis": (5, lambda: [torch.nn.Linear(5, 3), torch.nn.Tanh(), torch.nn.Linear(3, 4), torch.nn.Tanh(),
+                                  torch.nn.Linear(4, 4), torch.nn.Softplus(), torch.nn.Linear(4, 5)]),
+}
+
+
+@pytest.mark.parametrize("op", ["laplacian", "divergence", "jacobian"])
+@pytest.mark.parametrize("net_name", GRADCHECK_NETS)
+def test_forward_propagation_passes_gradcheck_and_gradgradcheck(op, net_name):
+    """The hand-written backwards of the tangents' products (C++ TangentDot: the squares and the
+    divergence's trace; ScaledProduct: a pending σ' scale inside the next Linear) are checked against
+    finite differences, and so are their own derivatives (second-order training)."""
     torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Linear(3, 5), torch.nn.Tanh(), torch.nn.Linear(5, 5), torch.nn.Tanh(),
-                              torch.nn.Linear(5, 5), torch.nn.SiLU(), torch.nn.Linear(5, 2)).double()
-    module = ForwardLaplacian(net)
+    d, layers = GRADCHECK_NETS[net_name]
+    module = ForwardOperator(op, torch.nn.Sequential(*layers()).double())
     names = [name for name, _ in module.named_parameters()]
-    x = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(4, d, dtype=torch.float64, requires_grad=True)
 
-    def lap(x, *params):
+    def forward(x, *params):
         return torch.func.functional_call(module, dict(zip(names, params)), (x,))
 
     inputs = (x, *[p.detach().clone().requires_grad_() for p in module.parameters()])
-    assert torch.autograd.gradcheck(lap, inputs)
-    assert torch.autograd.gradgradcheck(lap, inputs)
+    assert torch.autograd.gradcheck(forward, inputs)
+    assert torch.autograd.gradgradcheck(forward, inputs)
 
 
 def test_the_python_auto_rule_mirrors_the_cpp_one():

@@ -78,88 +78,106 @@ bool reduces(const std::string& op, int64_t d, const std::vector<Step>& mlp) {
          mlp.front().weight.size(0) < d;
 }
 
-// Σ_i A[:, i, :] ⊙ B[:, i, :] of two (N, r, w) tensors, as r in-place multiply-adds into one
-// (N, w) accumulator: one read of A and B, no (N, r, w) temporary. Each fresh multi-MiB tensor
-// costs a page fault per 4 KiB page on first touch (glibc maps them afresh), which made
-// (A * B).sum(1) 2-7x slower than this on a 2-core CPU. Not recorded by autograd.
+// Σ_i A[:, i, :] ⊙ B_i of tangents A (N, r, w) and B (N, r, w), or (r, w) shared by every point,
+// as r in-place multiply-adds into one (N, w) accumulator: one read of A and B, no (N, r, w)
+// temporary. Each fresh multi-MiB tensor costs a page fault per 4 KiB page on first touch (glibc
+// maps them afresh), which made (A * B).sum(1) 2-7x slower than this on a 2-core CPU. Not
+// recorded by autograd (TangentDot is its differentiable form).
 at::Tensor dot_over_tangents(const at::Tensor& A, const at::Tensor& B) {
   at::NoGradGuard no_grad;
+  const int64_t axis = B.dim() == 2 ? 0 : 1;
   if (A.size(1) == 0) return at::zeros({A.size(0), A.size(2)}, A.options());
-  auto acc = A.select(1, 0) * B.select(1, 0);
-  for (int64_t i = 1; i < A.size(1); ++i) acc.addcmul_(A.select(1, i), B.select(1, i));
+  auto acc = A.select(1, 0) * B.select(axis, 0);
+  for (int64_t i = 1; i < A.size(1); ++i) acc.addcmul_(A.select(1, i), B.select(axis, i));
   return acc;
 }
 
-// The tangents J (N, r, w) of every point through an activation with a = σ'(h) (N, w): returns
-// Σ_i J_i² (N, w) and, when `scaled`, a ⊙ J. The backward is written out: three passes over
-// (N, r, w) (gJ = a ⊙ gJa + 2 J ⊙ gss in two, ga = Σ_i gJa ⊙ J in one) where autograd's own takes
-// seven and twice the temporaries; it is built from ATen ops, so it is differentiable again.
-struct TangentActivation : torch::autograd::Function<TangentActivation> {
-  static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx,
-                                                const at::Tensor& J, const at::Tensor& a,
-                                                bool scaled) {
+bool recorded(std::initializer_list<at::Tensor> tensors) {
+  if (!at::GradMode::is_enabled()) return false;
+  for (const auto& t : tensors)
+    if (t.defined() && t.requires_grad()) return true;
+  return false;
+}
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+// dot_over_tangents(A, B), differentiable: gA = g ⊙ B, gB = g ⊙ A (summed over the points for a
+// shared B). With A and B the same tensor (the squares Σ_i J_i²) the two halves are one, 2 g ⊙ J.
+// The backward is built from ATen ops, so it is differentiable again (gradgradcheck passes).
+struct TangentDot : torch::autograd::Function<TangentDot> {
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& A, const at::Tensor& B) {
     ctx->set_materialize_grads(false);
-    ctx->save_for_backward({J, a});
-    ctx->saved_data["scaled"] = scaled;
-    auto squares = dot_over_tangents(J, J);
-    if (!scaled) return {squares};
-    return {squares, J * a.unsqueeze(1)};
+    ctx->save_for_backward({A, B});
+    ctx->saved_data["same"] = A.is_same(B);
+    return {dot_over_tangents(A, B)};
   }
-  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
-                                                 torch::autograd::variable_list grads) {
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    if (!grads[0].defined()) return {at::Tensor(), at::Tensor()};
     auto saved = ctx->get_saved_variables();
-    const auto &J = saved[0], &a = saved[1];
-    at::Tensor gJ, ga;
-    if (ctx->saved_data["scaled"].toBool() && grads[1].defined()) {
-      gJ = grads[1] * a.unsqueeze(1);
-      // a loop of in-place products (no (N, r, w) temporary) unless this backward is recorded
-      ga = at::GradMode::is_enabled() ? (grads[1] * J).sum(1) : dot_over_tangents(grads[1], J);
-    }
-    if (grads[0].defined()) {
-      auto twice = (2 * grads[0]).unsqueeze(1);
-      gJ = gJ.defined() ? gJ.addcmul_(J, twice) : J * twice;
-    }
-    return {gJ, ga, at::Tensor()};
+    const auto &A = saved[0], &B = saved[1];
+    const auto g = grads[0].unsqueeze(1);  // (N, 1, w)
+    if (ctx->saved_data["same"].toBool())
+      return {ctx->needs_input_grad(0) ? 2 * g * A : at::Tensor(), at::Tensor()};
+    at::Tensor gA, gB;
+    if (ctx->needs_input_grad(0)) gA = g * B;
+    if (ctx->needs_input_grad(1)) gB = B.dim() == 2 ? (g * A).sum(0) : g * A;
+    return {gA, gB};
   }
 };
 
-// The tangents of every point: J = Q · core, where the core is `shared` (r, w), the same
-// for all points, optionally with a pending per-point column scale (N, w) (an activation applied
-// to a shared core), or `batched` (N, r, w). Q (d, r) has orthonormal columns, or is undefined
-// (the identity, r = d).
+// (J ⊙ a) Wᵀ for tangents J (N, r, w), per-point column scales a (N, w) (an activation's σ') and
+// Wt = Wᵀ (w, w'). The scaled tangents are a temporary, recomputed in the backward rather than
+// kept: per layer one (N, r, w) tensor less is held for the backward (autograd's mul + matmul keep
+// both J and J ⊙ a). Differentiable again, as TangentDot.
+struct ScaledProduct : torch::autograd::Function<ScaledProduct> {
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& J, const at::Tensor& a,
+                               const at::Tensor& Wt) {
+    ctx->set_materialize_grads(false);
+    ctx->save_for_backward({J, a, Wt});
+    return {at::matmul(J * a.unsqueeze(1), Wt)};
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto& g = grads[0];  // (N, r, w')
+    if (!g.defined()) return {at::Tensor(), at::Tensor(), at::Tensor()};
+    auto saved = ctx->get_saved_variables();
+    const auto &J = saved[0], &a = saved[1], &Wt = saved[2];
+    at::Tensor gJ, ga, gWt;
+    if (ctx->needs_input_grad(0) || ctx->needs_input_grad(1)) {
+      auto gJa = at::matmul(g, Wt.t());  // (N, r, w)
+      if (ctx->needs_input_grad(1))
+        ga = at::GradMode::is_enabled() ? (gJa * J).sum(1) : dot_over_tangents(gJa, J);
+      if (ctx->needs_input_grad(0))  // in place unless gJa is kept by a recorded backward
+        gJ = at::GradMode::is_enabled() ? gJa * a.unsqueeze(1) : gJa.mul_(a.unsqueeze(1));
+    }
+    if (ctx->needs_input_grad(2)) {
+      auto Ja = (J * a.unsqueeze(1)).reshape({-1, J.size(2)});
+      gWt = at::mm(Ja.t(), g.reshape({-1, g.size(2)}));
+    }
+    return {gJ, ga, gWt};
+  }
+};
+
+// The tangents of every point: J = Q · core · diag(scale), where the core is `shared` (r, w), the
+// same for all points, or `batched` (N, r, w); scale (N, w) is a pending per-point column scale
+// (the activations' σ' since the last Linear; undefined: none), applied inside the next product.
+// Q (d, r) has orthonormal columns, or is undefined (the identity, r = d).
 struct Tangents {
   at::Tensor core;   // (r, w) or (N, r, w)
-  at::Tensor scale;  // (N, w) or undefined; only with a shared core
+  at::Tensor scale;  // (N, w) or undefined
   at::Tensor Q;      // (d, r) or undefined
   bool shared = true;
 
-  // Whether autograd records the tangents' products (else they may be updated in place).
-  bool recorded(const at::Tensor& a) const {
-    return at::GradMode::is_enabled() && (core.requires_grad() || a.requires_grad());
-  }
   // Through an activation with a = σ'(h): with `squares`, returns Σ_i J_i² per point and unit,
   // (N, w), or (w,) for a shared core without scale (invariant under Q); with `keep`, sets
-  // J ← diag(a) J.
+  // J ← J diag(a) (pending, no pass over the tangents).
   at::Tensor activation(const at::Tensor& a, bool keep, bool squares) {
     at::Tensor sums;
-    if (!shared) {
-      if (!recorded(a)) {
-        // nothing to differentiate: the batched core is this object's own (a product's output),
-        // so it is scaled in place, without a second (N, r, w) tensor
-        if (squares) sums = dot_over_tangents(core, core);
-        if (keep) core.mul_(a.unsqueeze(1));
-        return sums;
-      }
-      if (!squares) {
-        if (keep) core = core * a.unsqueeze(1);
-        return sums;
-      }
-      auto out = TangentActivation::apply(core, a, keep);
-      if (keep) core = out[1];
-      return out[0];
-    }
     if (squares) {
-      sums = (core * core).sum(0);
+      if (shared)
+        sums = (core * core).sum(0);
+      else
+        sums = recorded({core}) ? TangentDot::apply(core, core)[0] : dot_over_tangents(core, core);
       if (scale.defined()) sums = scale * scale * sums;
     }
     if (keep) scale = scale.defined() ? scale * a : a;
@@ -170,20 +188,37 @@ struct Tangents {
   void linear(const at::Tensor& Wt, int64_t n) {
     const auto r = core.size(-2), out = Wt.size(1);
     if (!shared) {
-      core = at::matmul(core, Wt);
+      if (!scale.defined()) {
+        core = at::matmul(core, Wt);
+      } else if (!recorded({core, scale, Wt})) {
+        core.mul_(scale.unsqueeze(1));  // the core is this object's own (a product's output)
+        core = at::matmul(core, Wt);
+      } else {
+        core = ScaledProduct::apply(core, scale, Wt)[0];
+      }
     } else if (!scale.defined()) {
       core = at::mm(core, Wt);
     } else {
       // P[j, (i, l)] = core[i, j] Wᵀ[j, l], built in its final layout (no transposing copy)
       auto P = (core.t().unsqueeze(2) * Wt.unsqueeze(1)).view({Wt.size(0), r * out});
       core = at::mm(scale, P).view({n, r, out});
-      scale = at::Tensor();
       shared = false;
     }
+    scale = at::Tensor();
   }
-  // The core of every point, (N, r, w).
+  // Σ_{i,l} core[n, i, l] scale[n, l] M[i, l] per point (N,): tr(Q · core · diag(scale) · Wᵀ)
+  // for M = QᵀW (r, w), without forming the product.
+  at::Tensor trace(const at::Tensor& M, int64_t n) const {
+    if (shared) {
+      auto c = (core * M).sum(0);  // (w,)
+      return scale.defined() ? at::mv(scale, c) : c.sum().expand({n});
+    }
+    auto c = recorded({core, M}) ? TangentDot::apply(core, M)[0] : dot_over_tangents(core, M);
+    return scale.defined() ? (c * scale).sum(-1) : c.sum(-1);
+  }
+  // The tangents of every point, Q omitted: core · diag(scale), (N, r, w).
   at::Tensor batched(int64_t n) const {
-    if (!shared) return core;
+    if (!shared) return scale.defined() ? core * scale.unsqueeze(1) : core;
     if (scale.defined()) return scale.unsqueeze(1) * core.unsqueeze(0);
     return core.unsqueeze(0).expand({n, core.size(0), core.size(1)});
   }
@@ -251,13 +286,14 @@ std::tuple<at::Tensor, at::Tensor> value_and_derivative(const std::string& op_na
       if (H.defined()) H = at::matmul(H, Wt);
       if (k >= needed) continue;
       if (op_name == "divergence" && k > 0 && k + 1 == mlp.size()) {
-        // Only the trace of the last product is wanted: tr(Q · core · Wᵀ) = Σ_{i,j} core[i, j]
-        // (QᵀW)[i, j], one pass over the tangents instead of an (N, r, w) × (w, d) product.
+        // Only the trace of the last product is wanted: tr(Q · core · diag(s) · Wᵀ) =
+        // Σ_{i,j} core[i, j] s[j] (QᵀW)[i, j], one pass over the tangents instead of an
+        // (N, r, w) × (w, d) product (Tangents::trace).
         TORCH_CHECK_VALUE(step.weight.size(0) == d, op, ": the model maps d = ", d,
                           " coordinates to ", step.weight.size(0),
                           " components; the divergence needs a vector field with d components");
         auto M = J.Q.defined() ? at::mm(J.Q.t(), step.weight) : step.weight;  // (r, w)
-        trace = at::mv(J.batched(n).reshape({n, -1}), M.reshape({-1}));
+        trace = J.trace(M, n);
         continue;
       }
       if (k == 0) {
