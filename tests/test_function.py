@@ -98,9 +98,9 @@ def test_forward_hessian_jacobian_divergence_equal_the_graph_form(name, device):
         operator = getattr(diffops, op)
         value, got = operator(model, x, method="forward")
         assert got.shape == shape and diffops.explain(op, model, x, method="forward").method == "forward"
-        # "auto": forward for the divergence; the reverse loop for the Hessian, and for this Jacobian
+        # "auto": forward for the divergence and the Hessian; the reverse loop for this Jacobian
         # (3 tangents forward against 2 reverse passes)
-        assert diffops.explain(op, model, x).method == ("forward" if op == "divergence" else "loop")
+        assert diffops.explain(op, model, x).method == ("loop" if op == "jacobian" else "forward")
         torch.testing.assert_close(value, model(x), **CLOSE)
         torch.testing.assert_close(got, operator(graph_field, x), **CLOSE)
 
@@ -124,8 +124,8 @@ def test_forward_in_the_reduced_basis_equals_the_graph_form_and_trains(op, d, wi
     grads = [torch.autograd.grad(r.pow(2).sum(), wrt, allow_unused=True, materialize_grads=True) for r in (got, want)]
     for g, w in zip(*grads):
         torch.testing.assert_close(g, w, **CLOSE)
-    tangents = d if op == "hessian" else min(d, width)
-    extra = {"laplacian": 1, "hessian": d * d}.get(op, 0)
+    tangents = min(d, width)
+    extra = {"laplacian": 1, "hessian": out}.get(op, 0)  # the Hessian: one adjoint per output
     plan = diffops.explain(op, net, x, method="forward")
     assert plan.products == tangents + extra
     assert (f"{tangents} tangents for d = {d}" in plan.reason) == (tangents < d)
@@ -224,12 +224,13 @@ GRADCHECK_NETS = {  # d, layers: plain, two activations in a row (a pending scal
 }
 
 
-@pytest.mark.parametrize("op", ["laplacian", "divergence", "jacobian"])
+@pytest.mark.parametrize("op", ["laplacian", "divergence", "jacobian", "hessian"])
 @pytest.mark.parametrize("net_name", GRADCHECK_NETS)
 def test_forward_propagation_passes_gradcheck_and_gradgradcheck(op, net_name):
     """The hand-written backwards of the tangents' products (C++ TangentDot: the squares and the
-    divergence's trace; ScaledProduct: a pending σ' scale inside the next Linear) are checked against
-    finite differences, and so are their own derivatives (second-order training)."""
+    divergence's trace; ScaledProduct: a pending σ' scale inside the next Linear) and the Hessian's
+    adjoint pass are checked against finite differences, and so are their own derivatives
+    (second-order training)."""
     torch.manual_seed(0)
     d, layers = GRADCHECK_NETS[net_name]
     module = ForwardOperator(op, torch.nn.Sequential(*layers()).double())
@@ -318,7 +319,7 @@ def test_forward_propagation_in_place_path_under_no_grad_is_bitwise_the_recorded
         layers += [torch.nn.Linear(32, 32), act()]
     net = torch.nn.Sequential(*layers, torch.nn.Linear(32, 5)).double()
     x = torch.randn(40, 5, dtype=torch.float64)
-    for op in ("laplacian", "divergence", "jacobian"):
+    for op in ("laplacian", "divergence", "jacobian", "hessian"):
         operator = getattr(diffops, op)
         _, recorded = operator(net, x, method="forward")
         with torch.no_grad():

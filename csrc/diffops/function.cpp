@@ -73,7 +73,8 @@ namespace {
 // most r = min(d, width) directions, and everything op needs is invariant under an orthogonal
 // change of those d directions (see value_and_derivative).
 bool reduces(const std::string& op, int64_t d, const std::vector<Step>& mlp) {
-  return op != "hessian" && !mlp.empty() && mlp.front().kind == "linear" &&
+  (void)op;  // every op is invariant under the change of basis (the Hessian: Q H_r Qᵀ)
+  return !mlp.empty() && mlp.front().kind == "linear" &&
          mlp.front().weight.defined() && mlp.front().weight.dim() == 2 &&
          mlp.front().weight.size(0) < d;
 }
@@ -167,6 +168,7 @@ struct Tangents {
   at::Tensor scale;  // (N, w) or undefined
   at::Tensor Q;      // (d, r) or undefined
   bool shared = true;
+  bool in_place = true;  // false where earlier states are kept (the Hessian's curvature terms)
 
   // Through an activation with a = σ'(h): with `squares`, returns Σ_i J_i² per point and unit,
   // (N, w), or (w,) for a shared core without scale (invariant under Q); with `keep`, sets
@@ -190,7 +192,7 @@ struct Tangents {
     if (!shared) {
       if (!scale.defined()) {
         core = at::matmul(core, Wt);
-      } else if (!recorded({core, scale, Wt})) {
+      } else if (in_place && !recorded({core, scale, Wt})) {
         core.mul_(scale.unsqueeze(1));  // the core is this object's own (a product's output)
         core = at::matmul(core, Wt);
       } else {
@@ -216,6 +218,18 @@ struct Tangents {
     auto c = recorded({core, M}) ? TangentDot::apply(core, M)[0] : dot_over_tangents(core, M);
     return scale.defined() ? (c * scale).sum(-1) : c.sum(-1);
   }
+  // Σ_l c[n, j, l] T[n, i, l] T[n, k, l] for T = core · diag(scale), c (N, m, w): the curvature
+  // term T diag(c_j) Tᵀ of every point and output component, (N, m, r, r). A shared core takes one
+  // (N·m, w) @ (w, r·r) product.
+  at::Tensor curvature(const at::Tensor& c, int64_t n) const {
+    const auto r = core.size(-2), w = core.size(-1), m = c.size(1);
+    const auto cs = scale.defined() ? c * (scale * scale).unsqueeze(1) : c;  // (N, m, w)
+    if (shared) {
+      auto P = (core.t().unsqueeze(2) * core.t().unsqueeze(1)).view({w, r * r});
+      return at::mm(cs.reshape({-1, w}), P).view({n, m, r, r});
+    }
+    return at::matmul(core.unsqueeze(1) * cs.unsqueeze(2), core.transpose(1, 2).unsqueeze(1));
+  }
   // The tangents of every point, Q omitted: core · diag(scale), (N, r, w).
   at::Tensor batched(int64_t n) const {
     if (!shared) return scale.defined() ? core * scale.unsqueeze(1) : core;
@@ -230,14 +244,28 @@ int64_t forward_tangents(const std::string& op, int64_t d, const std::vector<Ste
   return reduces(op, d, mlp) ? mlp.front().weight.size(0) : d;
 }
 
-bool forward_is_auto(const std::string& op, int64_t d, const std::vector<Step>& mlp) {
-  if (op == "laplacian" || op == "divergence") return true;
-  if (op != "jacobian") return false;
-  int64_t m = d;  // the output width: the last Linear's, or d
+namespace {
+
+// The output width m: the last Linear's, or d.
+int64_t outputs(int64_t d, const std::vector<Step>& mlp) {
+  int64_t m = d;
   for (const auto& step : mlp)
     if (step.kind == "linear" && step.weight.defined() && step.weight.dim() == 2)
       m = step.weight.size(0);
-  return forward_tangents(op, d, mlp) <= m;
+  return m;
+}
+
+}  // namespace
+
+int64_t forward_products(const std::string& op, int64_t d, const std::vector<Step>& mlp) {
+  const int64_t extra = op == "laplacian" ? 1 : op == "hessian" ? outputs(d, mlp) : 0;
+  return forward_tangents(op, d, mlp) + extra;
+}
+
+bool forward_is_auto(const std::string& op, int64_t d, const std::vector<Step>& mlp) {
+  if (op == "laplacian" || op == "divergence" || op == "hessian") return true;
+  if (op != "jacobian") return false;
+  return forward_tangents(op, d, mlp) <= outputs(d, mlp);
 }
 
 std::tuple<at::Tensor, at::Tensor> value_and_derivative(const std::string& op_name,
@@ -266,7 +294,13 @@ std::tuple<at::Tensor, at::Tensor> value_and_derivative(const std::string& op_na
   Tangents J;  // J = I (d, d) until the first Linear sets Wᵀ; materialised only if an activation comes first
   if (mlp.empty() || mlp.front().kind != "linear") J.core = at::eye(d, x.options());
   at::Tensor L;  // (N, width), undefined while zero
-  at::Tensor H;  // (N, d, d, width), undefined while zero
+  // the Hessian: per activation, the tangents before it and σ', σ'' (an adjoint pass follows)
+  struct Curvature {
+    Tangents J;
+    at::Tensor d1, d2;
+  };
+  std::vector<Curvature> curvatures;
+  if (hess) J.in_place = false;
   at::Tensor trace;  // the divergence, when the last step is a Linear
   for (size_t k = 0; k < mlp.size(); ++k) {
     const auto& step = mlp[k];
@@ -283,7 +317,6 @@ std::tuple<at::Tensor, at::Tensor> value_and_derivative(const std::string& op_na
       auto Wt = step.weight.t();
       h = step.bias.defined() ? at::addmm(step.bias, h, Wt) : at::mm(h, Wt);
       if (L.defined()) L = at::mm(L, Wt);
-      if (H.defined()) H = at::matmul(H, Wt);
       if (k >= needed) continue;
       if (op_name == "divergence" && k > 0 && k + 1 == mlp.size()) {
         // Only the trace of the last product is wanted: tr(Q · core · diag(s) · Wᵀ) =
@@ -300,7 +333,8 @@ std::tuple<at::Tensor, at::Tensor> value_and_derivative(const std::string& op_na
         // J = Wᵀ (d, w). With w < d, Wᵀ = Q R (reduced QR): carry R's w rows instead of d.
         if (reduce) {
           auto [Q, R] = at::linalg_qr(Wt, "reduced");
-          J = Tangents{R, at::Tensor(), Q};
+          J.core = R;
+          J.Q = Q;
         } else {
           J.core = Wt;
         }
@@ -309,11 +343,7 @@ std::tuple<at::Tensor, at::Tensor> value_and_derivative(const std::string& op_na
       }
     } else {
       auto [s, d1, d2] = activation(op_name, step.kind, h, lap || hess);
-      if (hess) {
-        auto Jb = J.batched(n);
-        auto outer = d2.unsqueeze(1).unsqueeze(1) * Jb.unsqueeze(2) * Jb.unsqueeze(1);
-        H = H.defined() ? d1.unsqueeze(1).unsqueeze(1) * H + outer : outer;
-      }
+      if (hess) curvatures.push_back({J, d1, d2});
       // the Laplacian and the Hessian use the tangents up to the last activation; the Jacobian
       // and the divergence use them after the last step, too
       const bool keep = (lap || hess) ? k + 1 < needed : true;
@@ -337,8 +367,30 @@ std::tuple<at::Tensor, at::Tensor> value_and_derivative(const std::string& op_na
     return {value, L.reshape(shape({m}))};
   }
   if (hess) {
-    if (!H.defined()) H = at::zeros({n, d, d, m}, h.options());
-    return {value, H.permute({0, 3, 1, 2}).reshape(shape({m, d, d}))};
+    // ∂²u_j/∂x² = Σ over activation units of (∂u_j/∂σ) σ'' (∂z/∂x)(∂z/∂x)ᵀ (the Linear steps are
+    // affine): the tangents ∂z/∂x came forward, the adjoints A = ∂u/∂σ (m per point) go back,
+    // one (N, m, w) product per step.
+    at::Tensor A = at::eye(m, x.options());  // (m, w) shared, or (N, m, w)
+    at::Tensor Hr;                           // (N, m, r, r), undefined while zero
+    size_t c = curvatures.size();
+    for (size_t k = mlp.size(); k-- > 0 && c > 0;) {
+      const auto& step = mlp[k];
+      if (step.kind == "linear") {
+        A = at::matmul(A, step.weight);
+        continue;
+      }
+      const auto& cur = curvatures[--c];
+      const auto Ab = A.dim() == 2 ? A.unsqueeze(0) : A;
+      auto term = cur.J.curvature(Ab * cur.d2.unsqueeze(1), n);
+      Hr = Hr.defined() ? Hr + term : term;
+      if (c > 0) A = Ab * cur.d1.unsqueeze(1);
+    }
+    at::Tensor H;
+    if (!Hr.defined())
+      H = at::zeros({n, m, d, d}, h.options());  // no activation: an affine map
+    else
+      H = J.Q.defined() ? at::matmul(at::matmul(J.Q, Hr), J.Q.t()) : Hr;  // Q H_r Qᵀ
+    return {value, H.reshape(shape({m, d, d}))};
   }
   if (op_name == "jacobian") {
     auto core = J.batched(n);                                   // (N, r, m)

@@ -47,20 +47,26 @@ const std::vector<std::string>& forward_laplacian_activations();
 ///   "jacobian"   ∂u_i/∂x_j, batch + (m, d)         (carries d tangents per point)
 ///   "divergence" Σ_i ∂u_i/∂x_i, batch; needs m = d  (d tangents)
 ///   "laplacian"  Δu_i, batch + (m,)                 (d tangents + 1 collapsed second order)
-///   "hessian"    ∂²u_i/∂x_j∂x_k, batch + (m, d, d)  (d tangents + d² second order)
+///   "hessian"    ∂²u_i/∂x_j∂x_k, batch + (m, d, d)  (d tangents forward, m adjoints back:
+///                H_i = Σ over activation units of (∂u_i/∂σ) σ'' (∂z/∂x)(∂z/∂x)ᵀ)
+/// With a first Linear of width w₁ < d the d tangents are carried as the w₁ rows of R in W₁ᵀ = QR
+/// (forward_tangents). Differentiable (create_graph semantics): the result trains the weights.
 std::tuple<at::Tensor, at::Tensor> value_and_derivative(const std::string& op,
                                                         const at::Tensor& x,
                                                         const std::vector<Step>& mlp);
 
-/// How many tangent vectors per point value_and_derivative carries for op: min(d, w₁) for
-/// jacobian, divergence and laplacian of an MLP whose first step is a Linear of width w₁, else d.
+/// How many tangent vectors per point value_and_derivative carries for op: min(d, w₁) for an MLP
+/// whose first step is a Linear of width w₁, else d.
 int64_t forward_tangents(const std::string& op, int64_t d, const std::vector<Step>& mlp);
 
+/// The vector products per point value_and_derivative takes for op: forward_tangents, + 1 for the
+/// Laplacian (its second-order sum), + m for the Hessian (one adjoint per output component).
+int64_t forward_products(const std::string& op, int64_t d, const std::vector<Step>& mlp);
+
 /// Whether method "auto" takes value_and_derivative for op on this MLP with d inputs: for the
-/// Laplacian and the divergence always (the fastest exact strategy at every d measured,
-/// benchmarks/bench_operators.py); for the Jacobian when it carries no more tangents than the
-/// reverse loop takes passes (forward_tangents ≤ m outputs); never for the Hessian (d² second-order
-/// vectors per layer: the reverse loop was faster from d = 8).
+/// Laplacian, the divergence and the Hessian always (the fastest exact strategy at every d
+/// measured, benchmarks/bench_operators.py); for the Jacobian when it carries no more tangents
+/// than the reverse loop takes passes (forward_tangents ≤ m outputs).
 bool forward_is_auto(const std::string& op, int64_t d, const std::vector<Step>& mlp);
 
 /// A field as a function of the points: batch + (d,) -> batch + comp.

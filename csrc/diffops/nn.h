@@ -123,14 +123,13 @@ inline Plan explain(const std::string& op, torch::nn::Sequential& net, const at:
   if (steps && (method == "forward" || forward_is_auto(op, detail::input_dim(x), *steps))) {
     const int64_t d = detail::input_dim(x);
     TORCH_CHECK_VALUE(d > 0, op, ": x must have shape batch + (d,)");
-    const int64_t extra = op == "laplacian" ? 1 : op == "hessian" ? d * d : 0;
     const int64_t tangents = forward_tangents(op, d, *steps);
     std::string reason =
         method == "auto" ? "auto: the model is an MLP diffops propagates forward" : "asked for";
     if (tangents < d)
       reason += "; " + std::to_string(tangents) + " tangents for d = " + std::to_string(d) +
                 ": the first layer's width (W1ᵀ = QR)";
-    return {"forward", 1, tangents + extra, reason};
+    return {"forward", 1, forward_products(op, d, *steps), reason};
   }
   auto u = net->forward(x);
   if (method == "forward-over-reverse" && (op == "laplacian" || op == "hessian")) {

@@ -78,6 +78,11 @@ int64_t forward_tangents(c10::string_view op, int64_t d, const OptionalTensors& 
   return diffops::forward_tangents(std::string(op), d,
                                    steps_of("forward_tangents", weights, nullptr, kinds));
 }
+int64_t forward_products(c10::string_view op, int64_t d, const OptionalTensors& weights,
+                         std::vector<std::string> kinds) {
+  return diffops::forward_products(std::string(op), d,
+                                   steps_of("forward_products", weights, nullptr, kinds));
+}
 bool forward_is_auto(c10::string_view op, int64_t d, const OptionalTensors& weights,
                      std::vector<std::string> kinds) {
   return diffops::forward_is_auto(std::string(op), d,
@@ -148,6 +153,7 @@ TORCH_LIBRARY(diffops, m) {
   m.def("value_and_derivative(str op, Tensor x, Tensor?[] weights, Tensor?[] biases, str[] kinds)"
         " -> (Tensor, Tensor)", &value_and_derivative);
   m.def("forward_tangents(str op, int d, Tensor?[] weights, str[] kinds) -> int", &forward_tangents);
+  m.def("forward_products(str op, int d, Tensor?[] weights, str[] kinds) -> int", &forward_products);
   m.def("forward_is_auto(str op, int d, Tensor?[] weights, str[] kinds) -> bool", &forward_is_auto);
   m.def("jacobian(Tensor v, Tensor x, *, bool create_graph=True, bool check_structure=False, "
         "str method=\"auto\") -> Tensor", &jacobian);

@@ -31,11 +31,11 @@ def _columns(steps: list) -> tuple[list, list, list]:
 
 
 def _forward_is_auto(op: str, x: Tensor, steps: list) -> bool:
-    """Whether "auto" takes the forward propagation: diffops::forward_is_auto's rule — Laplacian
-    and divergence always, the Jacobian when it carries no more tangents than it has outputs, never
-    the Hessian (benchmarks/bench_operators.py). Mirrored in Python because torch.compile cannot
-    trace an op that returns a bool; tests/test_function.py checks the two agree."""
-    if op in ("laplacian", "divergence"):
+    """Whether "auto" takes the forward propagation: diffops::forward_is_auto's rule — Laplacian,
+    divergence and Hessian always, the Jacobian when it carries no more tangents than it has outputs
+    (benchmarks/bench_operators.py). Mirrored in Python because torch.compile cannot trace an op
+    that returns a bool; tests/test_function.py checks the two agree."""
+    if op in ("laplacian", "divergence", "hessian"):
         return True
     if op != "jacobian" or not isinstance(x, Tensor) or x.dim() == 0:
         return False
@@ -204,13 +204,12 @@ def function_plan(op: str, f: Callable[[Tensor], Tensor], x: Tensor, method: str
     d = x.shape[-1]
     steps = mlp_steps(f) if op in _FORWARD_OPS and method in ("forward", "auto") else None
     if steps is not None and (method == "forward" or _forward_is_auto(op, x, steps)):
-        extra = {"laplacian": 1, "hessian": d * d}.get(op, 0)
         kinds, weights, _ = _columns(steps)
         tangents = _ops.forward_tangents(op, d, weights, kinds)
         reason = "auto: the model is an MLP diffops propagates forward" if method == "auto" else "asked for"
         if tangents < d:
             reason += f"; {tangents} tangents for d = {d}: the first layer's width (W1ᵀ = QR)"
-        return Plan("forward", 1, tangents + extra, reason)
+        return Plan("forward", 1, _ops.forward_products(op, d, weights, kinds), reason)
     if method == "forward-over-reverse" and op in ("laplacian", "hessian"):
         components = 1
         with torch.no_grad():

@@ -259,7 +259,7 @@ TEST(FunctionForm, SequentialAndCallableFormsEqualTheGraphForm) {
   EXPECT_TRUE(torch::allclose(div, diffops::divergence(v, x), 1e-10, 1e-12));
   EXPECT_EQ(diffops::explain("divergence", net, x).method, "forward");  // auto: forward
   EXPECT_EQ(diffops::explain("jacobian", net, x).method, "forward");    // 3 tangents, 3 outputs
-  EXPECT_EQ(diffops::explain("hessian", net, x).method, "loop");        // auto: reverse
+  EXPECT_EQ(diffops::explain("hessian", net, x).method, "forward");     // auto: forward too
   torch::nn::Sequential narrow_out(torch::nn::Linear(3, 16), torch::nn::Tanh(), torch::nn::Linear(16, 1));
   narrow_out->to(torch::kFloat64);
   EXPECT_EQ(diffops::explain("jacobian", narrow_out, x).method, "loop");  // 3 tangents > 1 pass
@@ -268,7 +268,7 @@ TEST(FunctionForm, SequentialAndCallableFormsEqualTheGraphForm) {
   EXPECT_TRUE(torch::allclose(jac, diffops::jacobian(v, x), 1e-10, 1e-12));
   auto [v3, hess] = diffops::hessian(net, x, forward);
   EXPECT_TRUE(torch::allclose(hess, diffops::hessian(v, x), 1e-10, 1e-12));
-  EXPECT_EQ(diffops::explain("hessian", net, x, forward).products, 3 + 9);
+  EXPECT_EQ(diffops::explain("hessian", net, x, forward).products, 3 + 3);  // + 3 adjoints
   EXPECT_EQ(diffops::explain("laplacian", net, x).method, "forward");
 
   // any callable: forward-over-reverse, on points that need no requires_grad
@@ -303,13 +303,15 @@ TEST(FunctionForm, ReducedBasisForNarrowFirstLayers) {
   auto x = torch::randn({5, 24}, torch::kFloat64).requires_grad_();
   auto v = net->forward(x);
   const auto forward = diffops::Options().method("forward");
-  for (std::string op : {"laplacian", "divergence", "jacobian"}) {
+  for (std::string op : {"laplacian", "divergence", "jacobian", "hessian"}) {
     Tensor got = op == "laplacian"    ? std::get<1>(diffops::laplacian(net, x, forward))
                  : op == "divergence" ? std::get<1>(diffops::divergence(net, x, forward))
-                                      : std::get<1>(diffops::jacobian(net, x, forward));
+                 : op == "jacobian"   ? std::get<1>(diffops::jacobian(net, x, forward))
+                                      : std::get<1>(diffops::hessian(net, x, forward));
     Tensor want = op == "laplacian"    ? diffops::laplacian(v, x)
                   : op == "divergence" ? diffops::divergence(v, x)
-                                       : diffops::jacobian(v, x);
+                  : op == "jacobian"   ? diffops::jacobian(v, x)
+                                       : diffops::hessian(v, x);
     EXPECT_TRUE(torch::allclose(got, want, 1e-10, 1e-12)) << op;
     // the weights' gradients through the QR equal the graph form's
     auto params = net->parameters();
@@ -320,7 +322,8 @@ TEST(FunctionForm, ReducedBasisForNarrowFirstLayers) {
       EXPECT_TRUE(torch::allclose(g_got[k], g_want[k], 1e-10, 1e-12)) << op << " parameter " << k;
     }
     auto plan = diffops::explain(op, net, x, forward);
-    EXPECT_EQ(plan.products, 6 + (op == "laplacian" ? 1 : 0)) << op;
+    // + 1 second-order sum for the Laplacian, + 24 adjoints (one per component) for the Hessian
+    EXPECT_EQ(plan.products, 6 + (op == "laplacian" ? 1 : op == "hessian" ? 24 : 0)) << op;
     EXPECT_NE(plan.reason.find("6 tangents for d = 24"), std::string::npos) << plan.reason;
   }
   expect_error<c10::ValueError>([&] { diffops::laplacian(net, torch::tensor(1.0, torch::kFloat64)); },
