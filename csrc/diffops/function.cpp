@@ -70,10 +70,10 @@ const std::vector<std::string>& forward_laplacian_activations() {
 namespace {
 
 // Whether the tangents are carried in the reduced basis: the rows of the first layer's Wᵀ span at
-// most r = min(d, width) directions, and everything op needs is invariant under an orthogonal
-// change of those d directions (see value_and_derivative).
-bool reduces(const std::string& op, int64_t d, const std::vector<Step>& mlp) {
-  (void)op;  // every op is invariant under the change of basis (the Hessian: Q H_r Qᵀ)
+// most r = min(d, width) directions, and every operator follows from the tangents in any
+// orthonormal basis of them: Δ sums over it, tr(Q C) for the divergence, Q C for the Jacobian,
+// Q H_r Qᵀ for the Hessian (see value_and_derivative).
+bool reduces(int64_t d, const std::vector<Step>& mlp) {
   return !mlp.empty() && mlp.front().kind == "linear" &&
          mlp.front().weight.defined() && mlp.front().weight.dim() == 2 &&
          mlp.front().weight.size(0) < d;
@@ -241,7 +241,8 @@ struct Tangents {
 }  // namespace
 
 int64_t forward_tangents(const std::string& op, int64_t d, const std::vector<Step>& mlp) {
-  return reduces(op, d, mlp) ? mlp.front().weight.size(0) : d;
+  (void)op;  // the same for every operator
+  return reduces(d, mlp) ? mlp.front().weight.size(0) : d;
 }
 
 namespace {
@@ -290,7 +291,7 @@ std::tuple<at::Tensor, at::Tensor> value_and_derivative(const std::string& op_na
     for (size_t k = 0; k < mlp.size(); ++k)
       if (mlp[k].kind != "linear") needed = k + 1;
   }
-  const bool reduce = reduces(op_name, d, mlp);
+  const bool reduce = reduces(d, mlp);
   Tangents J;  // J = I (d, d) until the first Linear sets Wᵀ; materialised only if an activation comes first
   if (mlp.empty() || mlp.front().kind != "linear") J.core = at::eye(d, x.options());
   at::Tensor L;  // (N, width), undefined while zero
