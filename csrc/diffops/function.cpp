@@ -93,9 +93,11 @@ at::Tensor dot_over_tangents(const at::Tensor& A, const at::Tensor& B) {
   return acc;
 }
 
-// Rows of points per chunk for the scaled products below: about 2^17 tangent entries, so a chunk
-// of J ⊙ a (1 MiB in float64) stays in cache and comes from the heap, not from fresh pages.
+// Rows of points per chunk for the scaled products below: on a CPU about 2^17 tangent entries, so
+// a chunk of J ⊙ a (1 MiB in float64) stays in cache and comes from the heap, not from fresh
+// pages; elsewhere (a GPU: launches, not caches, are what counts) all points at once.
 int64_t chunk_points(const at::Tensor& J) {
+  if (!J.is_cpu()) return std::max<int64_t>(1, J.size(0));
   return std::max<int64_t>(1, (int64_t{1} << 17) / std::max<int64_t>(1, J.size(1) * J.size(2)));
 }
 
