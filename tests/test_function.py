@@ -334,3 +334,25 @@ def test_forward_propagation_unrecorded_path_is_bitwise_the_recorded_one():
         assert torch.equal(frozen, recorded), op
         torch.testing.assert_close(recorded, operator(net(x.requires_grad_()), x), **CLOSE)
         x = x.detach()
+
+
+@pytest.mark.parametrize("op", ["laplacian", "divergence", "jacobian", "hessian"])
+def test_forward_propagation_over_several_chunks_of_points_equals_the_graph_form(op):
+    """On a CPU the scaled products run chunk by chunk of points (about 2^18 tangent entries each):
+    with d = 16 tangents of width 64 that is 256 points a chunk, so 600 points take three chunks,
+    the last one partial. Values and the weights' gradients equal the graph form's."""
+    torch.manual_seed(7)
+    d = 16
+    net = torch.nn.Sequential(torch.nn.Linear(d, 64), torch.nn.Tanh(), torch.nn.Linear(64, 64), torch.nn.SiLU(),
+                              torch.nn.Linear(64, 64), torch.nn.Tanh(), torch.nn.Linear(64, d if op != "hessian" else 1)).double()
+    x = torch.randn(600, d, dtype=torch.float64, requires_grad=True)
+    operator = getattr(diffops, op)
+    _, got = operator(net, x, method="forward")
+    want = operator(net(x), x)
+    torch.testing.assert_close(got, want, **CLOSE)
+    params = list(net.parameters())
+    grads = [torch.autograd.grad(r.pow(2).sum(), params, allow_unused=True, materialize_grads=True) for r in (got, want)]
+    for g, w in zip(*grads):  # the last bias does not enter the derivative: zeros on both sides
+        torch.testing.assert_close(g, w, **CLOSE)
+    with torch.no_grad():
+        assert torch.equal(operator(net, x, method="forward")[1], got)

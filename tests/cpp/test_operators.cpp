@@ -409,6 +409,31 @@ TEST(FunctionForm, NeedsNoRequiresGradAndWorksUnderNoGrad) {
   }
 }
 
+TEST(FunctionForm, ForwardPropagationOverSeveralChunksOfPoints) {
+  // d = 16 tangents of width 64: the scaled products take 256 points a chunk on a CPU, so 600
+  // points run in three chunks (the last partial); values and weight gradients equal the graph form.
+  torch::manual_seed(7);
+  torch::nn::Sequential net(torch::nn::Linear(16, 64), torch::nn::Tanh(), torch::nn::Linear(64, 64),
+                            torch::nn::SiLU(), torch::nn::Linear(64, 16));
+  net->to(torch::kFloat64);
+  auto x = torch::randn({600, 16}, torch::kFloat64).requires_grad_();
+  auto v = net->forward(x);
+  const auto forward = diffops::Options().method("forward");
+  auto lap = std::get<1>(diffops::laplacian(net, x, forward));
+  auto div = std::get<1>(diffops::divergence(net, x, forward));
+  EXPECT_TRUE(torch::allclose(lap, diffops::laplacian(v, x), 1e-10, 1e-12));
+  EXPECT_TRUE(torch::allclose(div, diffops::divergence(v, x), 1e-10, 1e-12));
+  auto params = net->parameters();
+  auto g_got = torch::autograd::grad({div.pow(2).sum()}, params, {}, true, false, true);
+  auto g_want = torch::autograd::grad({diffops::divergence(v, x).pow(2).sum()}, params, {}, true,
+                                      false, true);
+  for (size_t k = 0; k < params.size(); ++k) {
+    ASSERT_EQ(g_got[k].defined(), g_want[k].defined()) << "parameter " << k;
+    if (!g_want[k].defined()) continue;  // the last bias does not enter the divergence
+    EXPECT_TRUE(torch::allclose(g_got[k], g_want[k], 1e-10, 1e-12)) << "parameter " << k;
+  }
+}
+
 TEST(Errors, NameOperatorArgumentAndCause) {
   for (const auto& c : error_cases()) {
     SCOPED_TRACE(c.name);
