@@ -68,12 +68,9 @@ def strategies(op, net, x):
 
         return run
 
-    def function(method):
-        # x needs requires_grad only where the function form falls back to the graph form
-        graph_form = diffops.explain(op, net, x.detach().requires_grad_(), method=method).method not in ("forward", "forward-over-reverse")
-
+    def function(method):  # the function form needs no requires_grad on x in any method
         def run():
-            out = operator(net, x.detach().requires_grad_(graph_form), method=method)[1]
+            out = operator(net, x, method=method)[1]
             return out if vector else out[:, 0]
 
         return run

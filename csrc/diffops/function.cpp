@@ -204,6 +204,15 @@ struct ScaledProduct : torch::autograd::Function<ScaledProduct> {
   }
 };
 
+// The two tangent kernels, through their autograd Functions only where autograd records (the
+// kernels alone otherwise: the same numbers, no graph).
+at::Tensor tangent_dot(const at::Tensor& A, const at::Tensor& B) {
+  return recorded({A, B}) ? TangentDot::apply(A, B)[0] : dot_over_tangents(A, B);
+}
+at::Tensor tangent_product(const at::Tensor& J, const at::Tensor& a, const at::Tensor& Wt) {
+  return recorded({J, a, Wt}) ? ScaledProduct::apply(J, a, Wt)[0] : scaled_product(J, a, Wt);
+}
+
 // The tangents of every point: J = Q · core · diag(scale), where the core is `shared` (r, w), the
 // same for all points, or `batched` (N, r, w); scale (N, w) is a pending per-point column scale
 // (the activations' σ' since the last Linear; undefined: none), applied inside the next product.
@@ -223,7 +232,7 @@ struct Tangents {
       if (shared)
         sums = (core * core).sum(0);
       else
-        sums = recorded({core}) ? TangentDot::apply(core, core)[0] : dot_over_tangents(core, core);
+        sums = tangent_dot(core, core);
       if (scale.defined()) sums = scale * scale * sums;
     }
     if (keep) scale = scale.defined() ? scale * a : a;
@@ -234,13 +243,7 @@ struct Tangents {
   void linear(const at::Tensor& Wt, int64_t n) {
     const auto r = core.size(-2), out = Wt.size(1);
     if (!shared) {
-      if (!scale.defined()) {
-        core = at::matmul(core, Wt);
-      } else if (!recorded({core, scale, Wt})) {
-        core = scaled_product(core, scale, Wt);
-      } else {
-        core = ScaledProduct::apply(core, scale, Wt)[0];
-      }
+      core = scale.defined() ? tangent_product(core, scale, Wt) : at::matmul(core, Wt);
     } else if (!scale.defined()) {
       core = at::mm(core, Wt);
     } else {
@@ -258,7 +261,7 @@ struct Tangents {
       auto c = (core * M).sum(0);  // (w,)
       return scale.defined() ? at::mv(scale, c) : c.sum().expand({n});
     }
-    auto c = recorded({core, M}) ? TangentDot::apply(core, M)[0] : dot_over_tangents(core, M);
+    auto c = tangent_dot(core, M);
     return scale.defined() ? (c * scale).sum(-1) : c.sum(-1);
   }
   // Σ_l c[n, j, l] T[n, i, l] T[n, k, l] for T = core · diag(scale), c (N, m, w): the curvature

@@ -28,6 +28,19 @@ Tensor points(const std::vector<double>& p, int64_t d, torch::Dtype dtype) {
 
 Tensor col(const Tensor& x, int64_t i) { return x.select(-1, i); }
 
+// The gradients of sum(got²) and sum(want²) to every parameter agree (float64 round-off); a
+// parameter the operator does not see (an output bias) has none on either side.
+void expect_same_parameter_gradients(const Tensor& got, const Tensor& want,
+                                     const std::vector<Tensor>& params, const std::string& label) {
+  auto g_got = torch::autograd::grad({got.pow(2).sum()}, params, {}, true, false, true);
+  auto g_want = torch::autograd::grad({want.pow(2).sum()}, params, {}, true, false, true);
+  for (size_t k = 0; k < params.size(); ++k) {
+    EXPECT_EQ(g_got[k].defined(), g_want[k].defined()) << label << " parameter " << k;
+    if (!g_want[k].defined() || !g_got[k].defined()) continue;
+    EXPECT_TRUE(torch::allclose(g_got[k], g_want[k], 1e-10, 1e-12)) << label << " parameter " << k;
+  }
+}
+
 // u = x0² x1 + 3 x1³
 Tensor f1(const Tensor& x) { return col(x, 0).pow(2) * col(x, 1) + 3 * col(x, 1).pow(3); }
 // F = (x0 x1, x1 x2, x2 x0)
@@ -314,13 +327,7 @@ TEST(FunctionForm, ReducedBasisForNarrowFirstLayers) {
                                        : diffops::hessian(v, x);
     EXPECT_TRUE(torch::allclose(got, want, 1e-10, 1e-12)) << op;
     // the weights' gradients through the QR equal the graph form's
-    auto params = net->parameters();
-    auto g_got = torch::autograd::grad({got.pow(2).sum()}, params, {}, true, false, true);
-    auto g_want = torch::autograd::grad({want.pow(2).sum()}, params, {}, true, false, true);
-    for (size_t k = 0; k < params.size(); ++k) {
-      if (!g_want[k].defined()) continue;  // a bias the operator does not see
-      EXPECT_TRUE(torch::allclose(g_got[k], g_want[k], 1e-10, 1e-12)) << op << " parameter " << k;
-    }
+    expect_same_parameter_gradients(got, want, net->parameters(), op);
     auto plan = diffops::explain(op, net, x, forward);
     // + 1 second-order sum for the Laplacian, + 24 adjoints (one per component) for the Hessian
     EXPECT_EQ(plan.products, 6 + (op == "laplacian" ? 1 : op == "hessian" ? 24 : 0)) << op;
@@ -423,15 +430,7 @@ TEST(FunctionForm, ForwardPropagationOverSeveralChunksOfPoints) {
   auto div = std::get<1>(diffops::divergence(net, x, forward));
   EXPECT_TRUE(torch::allclose(lap, diffops::laplacian(v, x), 1e-10, 1e-12));
   EXPECT_TRUE(torch::allclose(div, diffops::divergence(v, x), 1e-10, 1e-12));
-  auto params = net->parameters();
-  auto g_got = torch::autograd::grad({div.pow(2).sum()}, params, {}, true, false, true);
-  auto g_want = torch::autograd::grad({diffops::divergence(v, x).pow(2).sum()}, params, {}, true,
-                                      false, true);
-  for (size_t k = 0; k < params.size(); ++k) {
-    ASSERT_EQ(g_got[k].defined(), g_want[k].defined()) << "parameter " << k;
-    if (!g_want[k].defined()) continue;  // the last bias does not enter the divergence
-    EXPECT_TRUE(torch::allclose(g_got[k], g_want[k], 1e-10, 1e-12)) << "parameter " << k;
-  }
+  expect_same_parameter_gradients(div, diffops::divergence(v, x), net->parameters(), "divergence");
 }
 
 TEST(Errors, NameOperatorArgumentAndCause) {
