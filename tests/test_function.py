@@ -298,6 +298,10 @@ def test_function_form_needs_no_requires_grad_and_works_under_no_grad(op, out, m
     operator = getattr(diffops, op)
     u_ref, ref = operator(net, x.clone().requires_grad_(), method=method)
     u, got = operator(net, x, method=method)  # x without requires_grad
+    plan = diffops.explain(op, net, x.clone().requires_grad_(), method=method)
+    assert diffops.explain(op, net, x, method=method) == plan  # explain describes that call too
+    with torch.no_grad():
+        assert diffops.explain(op, net, x, method=method) == plan
     assert torch.equal(u, u_ref) and torch.equal(got, ref)
     assert got.requires_grad and not x.requires_grad  # still trains the weights
     (g_ref,) = torch.autograd.grad(ref.pow(2).sum(), net[0].weight)

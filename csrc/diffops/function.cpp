@@ -453,6 +453,12 @@ std::tuple<at::Tensor, at::Tensor> value_and_derivative(const std::string& op_na
   return {value, at::mv(core.reshape({n, -1}), Qt).reshape(batch)};
 }
 
+at::Tensor detail::graph_point(const at::Tensor& x) {
+  const bool alias = x.defined() && at::isFloatingType(x.scalar_type()) && !x.requires_grad() &&
+                     !x.is_inference();
+  return alias ? x.detach().requires_grad_() : x;
+}
+
 namespace {
 
 // The function form on u = f(x), or forward-over-reverse; `graph` is the graph-form operator.
@@ -475,15 +481,12 @@ std::tuple<at::Tensor, at::Tensor> function_form(const char* op, const Function&
     if (std::string_view(op) == "hessian") return {u, H};
     return {u, H.diagonal(0, -2, -1).sum(-1)};
   }
-  // The graph form differentiates f's graph to x. A floating x that does not require grad gets an
-  // alias that does (its caller wants no derivative to x), and the graph is built under no_grad
-  // too, the results then detached: the callable form works in every grad mode, as the forward
-  // propagation does. An inference tensor is left to the graph form's own error.
+  // The graph form differentiates f's graph to x (detail::graph_point), built under no_grad too,
+  // the results then detached: the callable form works in every grad mode, as the forward
+  // propagation does.
   const bool grad_at_call = at::GradMode::is_enabled();
   at::AutoGradMode enable_grad(true);
-  const bool alias = x.defined() && at::isFloatingType(x.scalar_type()) && !x.requires_grad() &&
-                     !x.is_inference();
-  const auto xg = alias ? x.detach().requires_grad_() : x;
+  const auto xg = detail::graph_point(x);
   auto u = f(xg);
   auto derivative = graph(u, xg, options);
   if (!grad_at_call) return {u.detach(), derivative.detach()};

@@ -69,6 +69,13 @@ int64_t forward_products(const std::string& op, int64_t d, const std::vector<Ste
 /// than the reverse loop takes passes (forward_tangents ≤ m outputs).
 bool forward_is_auto(const std::string& op, int64_t d, const std::vector<Step>& mlp);
 
+namespace detail {
+/// x as the function form's graph fallbacks differentiate it: a floating x that does not require
+/// grad becomes a detached alias that does (its caller wants no derivative to x); anything else
+/// (x requiring grad, an inference tensor, a bad x for the operator to name) is returned as is.
+at::Tensor graph_point(const at::Tensor& x);
+}  // namespace detail
+
 /// A field as a function of the points: batch + (d,) -> batch + comp.
 using Function = std::function<at::Tensor(const at::Tensor&)>;
 

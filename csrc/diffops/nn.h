@@ -131,13 +131,16 @@ inline Plan explain(const std::string& op, torch::nn::Sequential& net, const at:
                 ": the first layer's width (W1ᵀ = QR)";
     return {"forward", 1, forward_products(op, d, *steps), reason};
   }
-  auto u = net->forward(x);
+  // the field as the function form's fallbacks compute it (x need not require grad)
+  at::AutoGradMode enable_grad(true);
+  const auto xg = detail::graph_point(x);
+  auto u = net->forward(xg);
   if (method == "forward-over-reverse" && (op == "laplacian" || op == "hessian")) {
     const int64_t points = std::max<int64_t>(1, x.numel() / x.size(-1));
     const int64_t components = u.numel() / points;
     return {method, 1 + components, components * x.size(-1), "asked for"};
   }
-  return explain(op, u, x, options);
+  return explain(op, u, xg, options);
 }
 
 }  // namespace diffops

@@ -158,6 +158,15 @@ def _forward_over_reverse(op: str, f: Callable[[Tensor], Tensor], x: Tensor, cre
     return value, hess if create_graph else hess.detach()
 
 
+def graph_point(x: Tensor) -> Tensor:
+    """x as the function form's graph fallbacks differentiate it (diffops::detail::graph_point): a
+    floating x that does not require grad becomes a detached alias that does (its caller wants no
+    derivative to x); anything else (x requiring grad, an inference tensor, a bad x for the
+    operator to name) is returned as is."""
+    alias = isinstance(x, Tensor) and x.is_floating_point() and not x.requires_grad and not x.is_inference()
+    return x.detach().requires_grad_() if alias else x
+
+
 def function_form(
     op: str, graph: Callable[..., Tensor], f: Callable[[Tensor], Tensor], x: Tensor, method: str, **graph_options
 ) -> tuple[Tensor, Tensor]:
@@ -182,13 +191,11 @@ def function_form(
             )
         u, hess = _forward_over_reverse(op, f, x, graph_options.get("create_graph", True))
         return (u, hess) if op == "hessian" else (u, hess.diagonal(0, -2, -1).sum(-1))
-    # The graph form differentiates f's graph to x. A floating x that does not require grad gets an
-    # alias that does (its caller wants no derivative to x), and the graph is built under no_grad
-    # too, the results then detached: the callable form works in every grad mode, as the forward
-    # propagation does. An inference tensor is left to the graph form's own error.
+    # The graph form differentiates f's graph to x (graph_point), built under no_grad too, the
+    # results then detached: the callable form works in every grad mode, as the forward
+    # propagation does.
     grad_at_call = torch.is_grad_enabled()
-    alias = isinstance(x, Tensor) and x.is_floating_point() and not x.requires_grad and not x.is_inference()
-    xg = x.detach().requires_grad_() if alias else x
+    xg = graph_point(x)
     with torch.enable_grad():
         u = f(xg)
         derivative = graph(u, xg, method=method, **graph_options)

@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from ._function import Plan, function_form, function_plan
+from ._function import Plan, function_form, function_plan, graph_point
 
 _ops = torch.ops.diffops
 
@@ -550,5 +550,7 @@ def explain(
         plan = function_plan(op, u, x, method)
         if plan is not None:
             return plan
-        u = u(x)
+        with torch.enable_grad():  # the field as the function form's fallbacks compute it
+            x = graph_point(x)
+            u = u(x)
     return Plan(*_ops.explain(op, u, x, check_structure=check_structure, method=method, samples=samples))

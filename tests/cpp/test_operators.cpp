@@ -403,6 +403,14 @@ TEST(FunctionForm, NeedsNoRequiresGradAndWorksUnderNoGrad) {
       const auto options = diffops::Options().method(method);
       auto [u_ref, ref] = op(x.clone().requires_grad_(), options);
       auto [u, got] = op(x, options);
+      const auto plan = diffops::explain(name, net, x.clone().requires_grad_(), options);
+      for (bool grad : {true, false}) {  // explain describes that call too, in either grad mode
+        torch::AutoGradMode mode(grad);
+        const auto same = diffops::explain(name, net, x, options);
+        EXPECT_EQ(same.method, plan.method) << name << " " << method;
+        EXPECT_EQ(same.passes, plan.passes) << name << " " << method;
+        EXPECT_EQ(same.products, plan.products) << name << " " << method;
+      }
       EXPECT_TRUE(torch::equal(u, u_ref) && torch::equal(got, ref)) << name << " " << method;
       EXPECT_TRUE(got.requires_grad()) << name << " " << method;  // still trains the weights
       Tensor u_ng, got_ng;
