@@ -205,6 +205,43 @@ def test_function_form_errors():
         diffops.hessian(Residual().double(), x, method="forward")
 
 
+@pytest.mark.parametrize("linears", [2, 3, 4, 5, 6])
+@pytest.mark.parametrize("d,width,first", [(3, 5, "linear"), (7, 4, "linear"), (3, 5, "activation")])
+def test_forward_divergence_meets_adjoints_at_every_depth(linears, d, width, first, device):
+    """The forward divergence carries tangents through the first half of the hidden Linear steps and
+    adjoints (from the last Linear down) through the rest, and takes tr(B F) where they meet: for 0 to
+    4 hidden Linear steps, with the reduced basis (d = 7 into width 4) and with an activation first,
+    the divergence and its gradients to the weights and to x equal the graph form's; the second
+    derivatives too (gradgradcheck on the deepest)."""
+    torch.manual_seed(linears)
+    layers = [torch.nn.Sigmoid()] if first == "activation" else []
+    sizes = [d] + [width] * (linears - 1) + [d]
+    acts = [torch.nn.Tanh, torch.nn.SiLU, diffops.Sin]
+    for k, (a, b) in enumerate(zip(sizes, sizes[1:])):
+        layers.append(torch.nn.Linear(a, b))
+        if k + 2 < len(sizes):
+            layers.append(acts[k % len(acts)]())
+    net = torch.nn.Sequential(*layers).double().to(device)
+    x = torch.randn(6, d, dtype=torch.float64, device=device, requires_grad=True)
+    value, got = diffops.divergence(net, x, method="forward")
+    want = diffops.divergence(net(x), x)
+    torch.testing.assert_close(got, want, **CLOSE)
+    torch.testing.assert_close(value, net(x), **CLOSE)
+    wrt = list(net.parameters()) + [x]
+    grads = [torch.autograd.grad(r.sin().sum(), wrt, materialize_grads=True) for r in (got, want)]
+    for g, w in zip(*grads):
+        torch.testing.assert_close(g, w, **CLOSE)
+    if linears == 6 and first == "linear" and x.is_cpu:
+        module = ForwardOperator("divergence", net)
+        names = [name for name, _ in module.named_parameters()]
+
+        def forward(x, *params):
+            return torch.func.functional_call(module, dict(zip(names, params)), (x,))
+
+        inputs = (x.detach()[:3].requires_grad_(), *[p.detach().clone().requires_grad_() for p in net.parameters()])
+        assert torch.autograd.gradgradcheck(forward, inputs)
+
+
 class ForwardOperator(torch.nn.Module):  # lets functional_call swap the MLP's weights
     def __init__(self, op, net):
         super().__init__()

@@ -134,6 +134,19 @@ at::Tensor scaled_gram(const at::Tensor& J, const at::Tensor& a, const at::Tenso
   return acc;
 }
 
+// Σ_n g[n, l] A[n, i, l] for g (N, w) and tangents A (N, r, w): the gradient of a factor shared
+// by every point, (r, w), summed chunk by chunk of points (no (N, r, w) temporary). Not recorded.
+at::Tensor point_sum(const at::Tensor& g, const at::Tensor& A) {
+  at::NoGradGuard no_grad;
+  const auto n = A.size(0), step = chunk_points(A);
+  auto acc = at::zeros({A.size(1), A.size(2)}, A.options());
+  for (int64_t s = 0; s < n; s += step) {
+    const auto e = std::min(n, s + step);
+    acc.add_((A.slice(0, s, e) * g.slice(0, s, e).unsqueeze(1)).sum(0));
+  }
+  return acc;
+}
+
 bool recorded(std::initializer_list<at::Tensor> tensors) {
   if (!at::GradMode::is_enabled()) return false;
   for (const auto& t : tensors)
@@ -163,7 +176,12 @@ struct TangentDot : torch::autograd::Function<TangentDot> {
       return {ctx->needs_input_grad(0) ? 2 * g * A : at::Tensor(), at::Tensor()};
     at::Tensor gA, gB;
     if (ctx->needs_input_grad(0)) gA = g * B;
-    if (ctx->needs_input_grad(1)) gB = B.dim() == 2 ? (g * A).sum(0) : g * A;
+    if (ctx->needs_input_grad(1)) {
+      if (B.dim() != 2)
+        gB = g * A;
+      else  // shared by every point: summed over them
+        gB = at::GradMode::is_enabled() ? (g * A).sum(0) : point_sum(grads[0], A);
+    }
     return {gA, gB};
   }
 };
@@ -248,21 +266,11 @@ struct Tangents {
       core = at::mm(core, Wt);
     } else {
       // P[j, (i, l)] = core[i, j] Wᵀ[j, l], built in its final layout (no transposing copy)
-      auto P = (core.t().unsqueeze(2) * Wt.unsqueeze(1)).view({Wt.size(0), r * out});
+      auto P = (core.t().unsqueeze(2) * Wt.unsqueeze(1)).reshape({Wt.size(0), r * out});
       core = at::mm(scale, P).view({n, r, out});
       shared = false;
     }
     scale = at::Tensor();
-  }
-  // Σ_{i,l} core[n, i, l] scale[n, l] M[i, l] per point (N,): tr(Q · core · diag(scale) · Wᵀ)
-  // for M = QᵀW (r, w), without forming the product.
-  at::Tensor trace(const at::Tensor& M, int64_t n) const {
-    if (shared) {
-      auto c = (core * M).sum(0);  // (w,)
-      return scale.defined() ? at::mv(scale, c) : c.sum().expand({n});
-    }
-    auto c = tangent_dot(core, M);
-    return scale.defined() ? (c * scale).sum(-1) : c.sum(-1);
   }
   // Σ_l c[n, j, l] T[n, i, l] T[n, k, l] for T = core · diag(scale), c (N, m, w): the curvature
   // term T diag(c_j) Tᵀ of every point and output component, (N, m, r, r). A shared core takes one
@@ -283,6 +291,38 @@ struct Tangents {
     return core.unsqueeze(0).expand({n, core.size(0), core.size(1)});
   }
 };
+
+// Σ_{i,l} F[n, i, l] B[n, i, l] per point (N,) for F = F.core · diag(F.scale) and
+// B = B.core · diag(B.scale) in the same basis: tr(B_k F_k), the divergence where the tangents
+// coming forward meet the adjoints going back (value_and_derivative), with no product formed.
+at::Tensor meet_trace(const Tangents& F, const Tangents& B, int64_t n) {
+  const auto scale = !F.scale.defined() ? B.scale
+                     : B.scale.defined() ? F.scale * B.scale
+                                         : F.scale;
+  if (F.shared && B.shared) {
+    auto c = (F.core * B.core).sum(0);  // (w,)
+    return scale.defined() ? at::mv(scale, c) : c.sum().expand({n});
+  }
+  auto c = F.shared ? tangent_dot(B.core, F.core) : tangent_dot(F.core, B.core);  // (N, w)
+  return scale.defined() ? (c * scale).sum(-1) : c.sum(-1);
+}
+
+// The divergence's meeting point: tr(∂v/∂x) = tr(B_k F_k) at any step k, with F_k the tangents
+// after the first k steps and B_k the adjoints of the steps from k on. Both ends are shared by
+// every point (the first Linear's Wᵀ, the last Linear's W), so each side's first product against
+// a per-point σ' is one (N, w) @ (w, r·w) GEMM; splitting the hidden Linear steps between the two
+// sides gives two of those where tangents alone would take one and a (N·r, w) @ (w, w) product,
+// whose backward (a weight gradient over N·r rows) is the slow shape on a CPU. Returns the first
+// step the adjoints take (a Linear), or mlp.size() (no adjoints: the last step is not a Linear,
+// or there is one Linear only).
+size_t meet_point(const std::vector<Step>& mlp) {
+  std::vector<size_t> lin;
+  for (size_t k = 0; k < mlp.size(); ++k)
+    if (mlp[k].kind == "linear") lin.push_back(k);
+  if (lin.size() < 2 || lin.back() + 1 != mlp.size()) return mlp.size();
+  const auto hidden = lin.size() - 2;  // Linear steps between the first and the last
+  return lin[1 + (hidden + 1) / 2];
+}
 
 }  // namespace
 
@@ -347,7 +387,10 @@ std::tuple<at::Tensor, at::Tensor> value_and_derivative(const std::string& op_na
     at::Tensor d1, d2;
   };
   std::vector<Curvature> curvatures;
-  at::Tensor trace;  // the divergence, when the last step is a Linear
+  // The divergence: tangents forward through the steps before `meet`, adjoints back through the
+  // rest (meet_point), which need the σ' of the activations there.
+  const size_t meet = op_name == "divergence" ? meet_point(mlp) : mlp.size();
+  std::vector<at::Tensor> slopes(mlp.size());
   for (size_t k = 0; k < mlp.size(); ++k) {
     const auto& step = mlp[k];
     if (step.kind == "linear") {
@@ -363,18 +406,7 @@ std::tuple<at::Tensor, at::Tensor> value_and_derivative(const std::string& op_na
       auto Wt = step.weight.t();
       h = step.bias.defined() ? at::addmm(step.bias, h, Wt) : at::mm(h, Wt);
       if (L.defined()) L = at::mm(L, Wt);
-      if (k >= needed) continue;
-      if (op_name == "divergence" && k > 0 && k + 1 == mlp.size()) {
-        // Only the trace of the last product is wanted: tr(Q · core · diag(s) · Wᵀ) =
-        // Σ_{i,j} core[i, j] s[j] (QᵀW)[i, j], one pass over the tangents instead of an
-        // (N, r, w) × (w, d) product (Tangents::trace).
-        TORCH_CHECK_VALUE(step.weight.size(0) == d, op, ": the model maps d = ", d,
-                          " coordinates to ", step.weight.size(0),
-                          " components; the divergence needs a vector field with d components");
-        auto M = J.Q.defined() ? at::mm(J.Q.t(), step.weight) : step.weight;  // (r, w)
-        trace = J.trace(M, n);
-        continue;
-      }
+      if (k >= needed || k >= meet) continue;
       if (k == 0) {
         // J = Wᵀ (d, w). With w < d, Wᵀ = Q R (reduced QR): carry R's w rows instead of d.
         if (reduce) {
@@ -389,6 +421,11 @@ std::tuple<at::Tensor, at::Tensor> value_and_derivative(const std::string& op_na
       }
     } else {
       auto [s, d1, d2] = activation(op_name, step.kind, h, lap || hess);
+      if (k >= meet) {
+        slopes[k] = d1;
+        h = s;
+        continue;
+      }
       if (hess) curvatures.push_back({J, d1, d2});
       // the Laplacian and the Hessian use the tangents up to the last activation; the Jacobian
       // and the divergence use them after the last step, too
@@ -445,7 +482,21 @@ std::tuple<at::Tensor, at::Tensor> value_and_derivative(const std::string& op_na
   }
   TORCH_CHECK_VALUE(m == d, op, ": the model maps d = ", d, " coordinates to ", m,
                     " components; the divergence needs a vector field with d components");
-  if (trace.defined()) return {value, trace.reshape(batch)};
+  if (meet < mlp.size()) {
+    // Adjoints in the tangents' basis, Qᵀ B_k = core · diag(scale) (r, w_k): from Qᵀ W at the
+    // last Linear down to `meet`, through the same Tangents steps (B ← B diag(σ'), B ← B W).
+    Tangents B;
+    for (size_t k = mlp.size(); k-- > meet;) {
+      const auto& step = mlp[k];
+      if (step.kind != "linear")
+        B.activation(slopes[k], true, false);
+      else if (k + 1 < mlp.size())
+        B.linear(step.weight, n);
+      else
+        B.core = J.Q.defined() ? at::mm(J.Q.t(), step.weight) : step.weight;
+    }
+    return {value, meet_trace(J, B, n).reshape(batch)};
+  }
   auto core = J.batched(n);  // (N, r, m)
   if (!J.Q.defined()) return {value, core.diagonal(0, 1, 2).sum(-1).reshape(batch)};
   // tr(Q C) = Σ_{i,k} C[i, k] Q[k, i]: one (N, r·d) @ (r·d) product.

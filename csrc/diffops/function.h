@@ -45,7 +45,9 @@ const std::vector<std::string>& forward_laplacian_activations();
 /// (u, D u) for u = mlp(x), x of shape batch + (d,), u of shape batch + (m,) (m: the last layer's
 /// width), in one forward pass ("forward" in diffops::explain). `op` picks D:
 ///   "jacobian"   ∂u_i/∂x_j, batch + (m, d)         (carries d tangents per point)
-///   "divergence" Σ_i ∂u_i/∂x_i, batch; needs m = d  (d tangents)
+///   "divergence" Σ_i ∂u_i/∂x_i, batch; needs m = d  (d tangents forward through the first half
+///                of the hidden Linears, d adjoints back from the last Linear through the rest,
+///                tr(B F) where they meet: both ends are shared by every point)
 ///   "laplacian"  Δu_i, batch + (m,)                 (d tangents + 1 collapsed second order)
 ///   "hessian"    ∂²u_i/∂x_j∂x_k, batch + (m, d, d)  (d tangents forward, m adjoints back:
 ///                H_i = Σ over activation units of (∂u_i/∂σ) σ'' (∂z/∂x)(∂z/∂x)ᵀ)

@@ -346,6 +346,32 @@ TEST(FunctionForm, ReducedBasisForNarrowFirstLayers) {
                               diffops::jacobian(s, x), 1e-10, 1e-12));
 }
 
+TEST(FunctionForm, DivergenceMeetsAdjointsAtEveryDepth) {
+  // Tangents forward through the first half of the hidden Linears, adjoints back through the rest:
+  // 0 to 4 hidden Linears, the reduced basis (d = 7 into width 4), an activation first.
+  for (int linears = 2; linears <= 6; ++linears) {
+    for (auto [d, width, first] : {std::tuple{3, 5, false}, std::tuple{7, 4, false}, std::tuple{3, 5, true}}) {
+      torch::manual_seed(linears);
+      torch::nn::Sequential net;
+      if (first) net->push_back(torch::nn::Sigmoid());
+      for (int k = 0; k < linears; ++k) {
+        net->push_back(torch::nn::Linear(k == 0 ? d : width, k + 1 == linears ? d : width));
+        if (k + 1 < linears) {
+          if (k % 2) net->push_back(torch::nn::SiLU());
+          else net->push_back(torch::nn::Tanh());
+        }
+      }
+      net->to(torch::kFloat64);
+      auto x = torch::randn({6, d}, torch::kFloat64).requires_grad_();
+      auto [v, div] = diffops::divergence(net, x, diffops::Options().method("forward"));
+      auto want = diffops::divergence(net->forward(x), x);
+      const auto label = std::to_string(linears) + " linears, d " + std::to_string(d);
+      EXPECT_TRUE(torch::allclose(div, want, 1e-10, 1e-12)) << label;
+      expect_same_parameter_gradients(div, want, net->parameters(), label);
+    }
+  }
+}
+
 TEST(Structure, CheckStructureCatchesCoupledPoints) {
   torch::manual_seed(0);
   auto x = torch::randn({12, 3}, torch::kFloat64).requires_grad_();
