@@ -4,6 +4,9 @@
 #include <torch/csrc/autograd/custom_function.h>
 
 #include <cmath>
+#include <cstdlib>
+#include <mutex>
+#include <unordered_map>
 
 #include "diffops/autograd.h"
 #include "diffops/divergence.h"
@@ -79,6 +82,97 @@ bool reduces(int64_t d, const std::vector<Step>& mlp) {
          mlp.front().weight.size(0) < d;
 }
 
+// Blocks of CPU memory kept for the next call. The tangent tensors (N, r, w) are the large ones, a
+// few MiB to hundreds; glibc maps a block that large afresh from the kernel and unmaps it when it
+// is freed, so every call pays a page fault per 4 KiB page on first touch: 1-2 µs each on a
+// virtual machine, as much as the products themselves at d = 8. Blocks come back here when their
+// tensors die (after the backward, in training) and the next call of the same shape takes them
+// again. A GPU has its own caching allocator; this is for CPU tensors only.
+class BlockCache {
+ public:
+  void* take(size_t bytes) {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      auto it = free_.find(bytes);
+      if (it != free_.end() && !it->second.empty()) {
+        void* p = it->second.back();
+        it->second.pop_back();
+        cached_ -= bytes;
+        return p;
+      }
+    }
+    void* p = nullptr;
+    TORCH_CHECK(posix_memalign(&p, 64, bytes) == 0, "diffops: out of memory allocating ", bytes,
+                " bytes");
+    return p;
+  }
+  void give(void* p, size_t bytes) {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (cached_ + bytes <= limit_) {
+        free_[bytes].push_back(p);
+        cached_ += bytes;
+        return;
+      }
+    }
+    std::free(p);
+  }
+  void clear() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    for (auto& [bytes, blocks] : free_)
+      for (void* p : blocks) std::free(p);
+    free_.clear();
+    cached_ = 0;
+  }
+  size_t cached() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return cached_;
+  }
+  void set_limit(size_t bytes) {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      limit_ = bytes;
+      if (cached_ <= limit_) return;
+    }
+    clear();
+  }
+  size_t limit() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return limit_;
+  }
+
+ private:
+  std::mutex mutex_;
+  std::unordered_map<size_t, std::vector<void*>> free_;
+  size_t cached_ = 0;
+  size_t limit_ = size_t{1} << 30;
+};
+
+BlockCache& block_cache() {
+  static auto* cache = [] {
+    // glibc raises its mmap threshold (up to 32 MiB) when it frees a mapped block, so that the
+    // next blocks of that size come from its heap. Cached blocks are never freed, which would
+    // leave every other tensor from 128 KiB up (ATen's (N, w) tensors of each call) mapped afresh
+    // and faulted on each call. One mapped block freed here does what the tangents' frees did
+    // before they were cached. Other allocators ignore it.
+    auto* block = static_cast<volatile char*>(std::malloc(size_t{16} << 20));
+    if (block != nullptr) block[0] = 0;  // a real allocation, not one the compiler may elide
+    std::free(const_cast<char*>(block));
+    return new BlockCache();  // never destroyed: tensors may outlive static destructors
+  }();
+  return *cache;
+}
+
+// at::empty, on a CPU from the block cache for tensors of 1 MiB and more.
+at::Tensor cached_empty(at::IntArrayRef sizes, const at::TensorOptions& options) {
+  const auto bytes = static_cast<size_t>(c10::multiply_integers(sizes)) *
+                     c10::elementSize(c10::typeMetaToScalarType(options.dtype()));
+  if (!options.device().is_cpu() || bytes < (size_t{1} << 20)) return at::empty(sizes, options);
+  void* p = block_cache().take(bytes);
+  return at::from_blob(
+      p, sizes, [bytes](void* q) { block_cache().give(q, bytes); }, options);
+}
+
 // Σ_i A[:, i, :] ⊙ B_i of tangents A (N, r, w) and B (N, r, w), or (r, w) shared by every point,
 // as r in-place multiply-adds into one (N, w) accumulator: one read of A and B, no (N, r, w)
 // temporary. Each fresh multi-MiB tensor costs a page fault per 4 KiB page on first touch (glibc
@@ -109,11 +203,13 @@ int64_t chunk_points(const at::Tensor& J) {
 at::Tensor scaled_product(const at::Tensor& J, const at::Tensor& a, const at::Tensor& Wt) {
   at::NoGradGuard no_grad;
   const auto n = J.size(0), r = J.size(1), w = J.size(2), step = chunk_points(J);
-  auto out = at::empty({n, r, Wt.size(1)}, J.options());
+  auto out = cached_empty({n, r, Wt.size(1)}, J.options());
   auto rows = out.view({n * r, Wt.size(1)});
+  auto buffer = at::empty({std::min(n, step), r, w}, J.options());  // one chunk, reused
   for (int64_t s = 0; s < n; s += step) {
     const auto e = std::min(n, s + step);
-    auto scaled = J.slice(0, s, e) * a.slice(0, s, e).unsqueeze(1);
+    auto scaled = buffer.narrow(0, 0, e - s);
+    at::mul_out(scaled, J.slice(0, s, e), a.slice(0, s, e).unsqueeze(1));
     auto target = rows.slice(0, s * r, e * r);
     at::mm_out(target, scaled.view({-1, w}), Wt);
   }
@@ -126,9 +222,11 @@ at::Tensor scaled_gram(const at::Tensor& J, const at::Tensor& a, const at::Tenso
   at::NoGradGuard no_grad;
   const auto n = J.size(0), w = J.size(2), step = chunk_points(J);
   auto acc = at::zeros({w, G.size(2)}, J.options());
+  auto buffer = at::empty({std::min(n, step), J.size(1), w}, J.options());  // one chunk, reused
   for (int64_t s = 0; s < n; s += step) {
     const auto e = std::min(n, s + step);
-    auto scaled = J.slice(0, s, e) * a.slice(0, s, e).unsqueeze(1);
+    auto scaled = buffer.narrow(0, 0, e - s);
+    at::mul_out(scaled, J.slice(0, s, e), a.slice(0, s, e).unsqueeze(1));
     acc.addmm_(scaled.view({-1, w}).t(), G.slice(0, s, e).reshape({-1, G.size(2)}));
   }
   return acc;
@@ -145,6 +243,14 @@ at::Tensor point_sum(const at::Tensor& g, const at::Tensor& A) {
     acc.add_((A.slice(0, s, e) * g.slice(0, s, e).unsqueeze(1)).sum(0));
   }
   return acc;
+}
+
+// a ⊙ b (broadcast) of the shape and options of `like`, into a cached block unless autograd
+// records (then the plain, differentiable product).
+at::Tensor product_like(const at::Tensor& like, const at::Tensor& a, const at::Tensor& b) {
+  if (at::GradMode::is_enabled()) return a * b;
+  auto out = cached_empty(like.sizes(), like.options());
+  return at::mul_out(out, a, b);
 }
 
 bool recorded(std::initializer_list<at::Tensor> tensors) {
@@ -173,12 +279,12 @@ struct TangentDot : torch::autograd::Function<TangentDot> {
     const auto &A = saved[0], &B = saved[1];
     const auto g = grads[0].unsqueeze(1);  // (N, 1, w)
     if (ctx->saved_data["same"].toBool())
-      return {ctx->needs_input_grad(0) ? 2 * g * A : at::Tensor(), at::Tensor()};
+      return {ctx->needs_input_grad(0) ? product_like(A, A, 2 * g) : at::Tensor(), at::Tensor()};
     at::Tensor gA, gB;
-    if (ctx->needs_input_grad(0)) gA = g * B;
+    if (ctx->needs_input_grad(0)) gA = product_like(A, g, B);
     if (ctx->needs_input_grad(1)) {
       if (B.dim() != 2)
-        gB = g * A;
+        gB = product_like(B, g, A);
       else  // shared by every point: summed over them
         gB = at::GradMode::is_enabled() ? (g * A).sum(0) : point_sum(grads[0], A);
     }
@@ -204,7 +310,14 @@ struct ScaledProduct : torch::autograd::Function<ScaledProduct> {
     const auto &J = saved[0], &a = saved[1], &Wt = saved[2];
     at::Tensor gJ, ga, gWt;
     if (ctx->needs_input_grad(0) || ctx->needs_input_grad(1)) {
-      auto gJa = at::matmul(g, Wt.t());  // (N, r, w)
+      at::Tensor gJa;  // (N, r, w)
+      if (at::GradMode::is_enabled()) {
+        gJa = at::matmul(g, Wt.t());
+      } else {
+        gJa = cached_empty(J.sizes(), J.options());
+        auto rows = gJa.view({-1, J.size(2)});
+        at::mm_out(rows, g.reshape({-1, g.size(2)}), Wt.t());
+      }
       if (ctx->needs_input_grad(1))
         ga = at::GradMode::is_enabled() ? (gJa * J).sum(1) : dot_over_tangents(gJa, J);
       if (ctx->needs_input_grad(0))  // in place unless gJa is kept by a recorded backward
@@ -222,8 +335,35 @@ struct ScaledProduct : torch::autograd::Function<ScaledProduct> {
   }
 };
 
-// The two tangent kernels, through their autograd Functions only where autograd records (the
-// kernels alone otherwise: the same numbers, no graph).
+// a @ P for per-point scales a (N, w) and P (w, k): the first product of tangents shared by every
+// point (Tangents::linear), into a cached block. Its backward is the plain one.
+at::Tensor shared_product_kernel(const at::Tensor& a, const at::Tensor& P) {
+  at::NoGradGuard no_grad;
+  auto out = cached_empty({a.size(0), P.size(1)}, a.options());
+  return at::mm_out(out, a, P);
+}
+
+struct SharedProduct : torch::autograd::Function<SharedProduct> {
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& a, const at::Tensor& P) {
+    ctx->set_materialize_grads(false);
+    ctx->save_for_backward({a, P});
+    return {shared_product_kernel(a, P)};
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto& g = grads[0];
+    if (!g.defined()) return {at::Tensor(), at::Tensor()};
+    auto saved = ctx->get_saved_variables();
+    const auto &a = saved[0], &P = saved[1];
+    return {ctx->needs_input_grad(0) ? at::mm(g, P.t()) : at::Tensor(),
+            ctx->needs_input_grad(1) ? at::mm(a.t(), g) : at::Tensor()};
+  }
+};
+
+// The tangent kernels, through their autograd Functions only where autograd records (the kernels
+// alone otherwise: the same numbers, no graph).
+at::Tensor shared_product(const at::Tensor& a, const at::Tensor& P) {
+  return recorded({a, P}) ? SharedProduct::apply(a, P)[0] : shared_product_kernel(a, P);
+}
 at::Tensor tangent_dot(const at::Tensor& A, const at::Tensor& B) {
   return recorded({A, B}) ? TangentDot::apply(A, B)[0] : dot_over_tangents(A, B);
 }
@@ -267,7 +407,7 @@ struct Tangents {
     } else {
       // P[j, (i, l)] = core[i, j] Wᵀ[j, l], built in its final layout (no transposing copy)
       auto P = (core.t().unsqueeze(2) * Wt.unsqueeze(1)).reshape({Wt.size(0), r * out});
-      core = at::mm(scale, P).view({n, r, out});
+      core = shared_product(scale, P).view({n, r, out});
       shared = false;
     }
     scale = at::Tensor();
@@ -502,6 +642,19 @@ std::tuple<at::Tensor, at::Tensor> value_and_derivative(const std::string& op_na
   // tr(Q C) = Σ_{i,k} C[i, k] Q[k, i]: one (N, r·d) @ (r·d) product.
   auto Qt = J.Q.t().reshape({-1});
   return {value, at::mv(core.reshape({n, -1}), Qt).reshape(batch)};
+}
+
+int64_t cached_bytes() { return static_cast<int64_t>(block_cache().cached()); }
+
+void empty_cache() { block_cache().clear(); }
+
+int64_t cache_limit() { return static_cast<int64_t>(block_cache().limit()); }
+
+int64_t set_cache_limit(int64_t bytes) {
+  TORCH_CHECK_VALUE(bytes >= 0, "set_cache_limit: bytes must be >= 0, got ", bytes);
+  const auto previous = cache_limit();
+  block_cache().set_limit(static_cast<size_t>(bytes));
+  return previous;
 }
 
 at::Tensor detail::graph_point(const at::Tensor& x) {

@@ -155,6 +155,11 @@ TORCH_LIBRARY(diffops, m) {
   m.def("forward_tangents(str op, int d, Tensor?[] weights, str[] kinds) -> int", &forward_tangents);
   m.def("forward_products(str op, int d, Tensor?[] weights, str[] kinds) -> int", &forward_products);
   m.def("forward_is_auto(str op, int d, Tensor?[] weights, str[] kinds) -> bool", &forward_is_auto);
+  // the forward propagation's CPU memory cache (diffops.empty_cache and friends)
+  m.def("cached_bytes() -> int", [] { return diffops::cached_bytes(); });
+  m.def("empty_cache() -> ()", [] { diffops::empty_cache(); });
+  m.def("cache_limit() -> int", [] { return diffops::cache_limit(); });
+  m.def("set_cache_limit(int bytes) -> int", [](int64_t bytes) { return diffops::set_cache_limit(bytes); });
   m.def("jacobian(Tensor v, Tensor x, *, bool create_graph=True, bool check_structure=False, "
         "str method=\"auto\") -> Tensor", &jacobian);
   m.def("directional_derivative(Tensor u, Tensor x, Tensor direction, *, bool create_graph=True, "

@@ -25,6 +25,7 @@ if _torch.__version__ != _BUILT_WITH:
     )
 
 from . import _C  # noqa: E402,F401  (registers torch.ops.diffops)
+from ._cache import cache_limit, cached_bytes, empty_cache, set_cache_limit  # noqa: E402
 from ._derivatives import Derivatives  # noqa: E402
 from ._function import Plan, Sin  # noqa: E402
 from ._ops import (  # noqa: E402
@@ -48,11 +49,14 @@ __all__ = [
     "Derivatives",
     "Plan",
     "Sin",
+    "cache_limit",
+    "cached_bytes",
     "cmake_prefix_path",
     "curl",
     "derivative",
     "directional_derivative",
     "divergence",
+    "empty_cache",
     "explain",
     "gradient",
     "hessian",
@@ -60,4 +64,5 @@ __all__ = [
     "laplacian",
     "normal_derivative",
     "partial",
+    "set_cache_limit",
 ]
