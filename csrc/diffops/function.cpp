@@ -102,8 +102,11 @@ class BlockCache {
       }
     }
     void* p = nullptr;
-    TORCH_CHECK(posix_memalign(&p, 64, bytes) == 0, "diffops: out of memory allocating ", bytes,
-                " bytes");
+    if (posix_memalign(&p, 64, bytes) != 0) {  // out of memory: give the cached blocks back, retry
+      clear();
+      TORCH_CHECK(posix_memalign(&p, 64, bytes) == 0, "diffops: out of memory allocating ", bytes,
+                  " bytes");
+    }
     return p;
   }
   void give(void* p, size_t bytes) {
@@ -405,7 +408,8 @@ struct Tangents {
     } else if (!scale.defined()) {
       core = at::mm(core, Wt);
     } else {
-      // P[j, (i, l)] = core[i, j] Wᵀ[j, l], built in its final layout (no transposing copy)
+      // P[j, (i, l)] = core[i, j] Wᵀ[j, l], (w, r·w'): built in its final layout when Wt is a
+      // transposed weight (the tangents); the adjoints' W needs a copy of this small matrix
       auto P = (core.t().unsqueeze(2) * Wt.unsqueeze(1)).reshape({Wt.size(0), r * out});
       core = shared_product(scale, P).view({n, r, out});
       shared = false;

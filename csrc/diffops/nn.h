@@ -111,7 +111,8 @@ inline std::tuple<at::Tensor, at::Tensor> jacobian(torch::nn::Sequential& net, c
 }
 
 /// The plan of the function form on `net` (see diffops::explain): "forward" for a supported MLP
-/// under "auto"/"forward" (one pass carrying d tangents, + 1 for laplacian, + d² for hessian),
+/// under "auto"/"forward" (one pass carrying min(d, w₁) tangents per point, + 1 for laplacian,
+/// + m adjoints for hessian; the divergence's tangents meet as many adjoints halfway),
 /// otherwise the plan of the graph form on u = net(x).
 inline Plan explain(const std::string& op, torch::nn::Sequential& net, const at::Tensor& x,
                     const Options& options = {}) {
