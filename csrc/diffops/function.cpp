@@ -85,7 +85,7 @@ bool reduces(int64_t d, const std::vector<Step>& mlp) {
 // Blocks of CPU memory kept for the next call. The tangent tensors (N, r, w) are the large ones, a
 // few MiB to hundreds; glibc maps a block that large afresh from the kernel and unmaps it when it
 // is freed, so every call pays a page fault per 4 KiB page on first touch: 1-2 µs each on a
-// virtual machine, as much as the products themselves at d = 8. Blocks come back here when their
+// virtual machine, a fifth of a training step at d = 8. Blocks come back here when their
 // tensors die (after the backward, in training) and the next call of the same shape takes them
 // again. A GPU has its own caching allocator; this is for CPU tensors only.
 class BlockCache {

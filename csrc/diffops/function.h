@@ -75,7 +75,7 @@ bool forward_is_auto(const std::string& op, int64_t d, const std::vector<Step>& 
 /// ones; when they die (after the backward, in training) their blocks (1 MiB and more) are kept
 /// for the next call of the same shape instead of going back to the C library, which maps blocks
 /// that large afresh and unmaps them, so that every call would pay a page fault per 4 KiB page on
-/// first touch (1-2 µs each on a virtual machine: as much as the products at d = 8). Blocks in use
+/// first touch (1-2 µs each on a virtual machine: a fifth of a training step at d = 8). Blocks in use
 /// are never shared. At most cache_limit() bytes are kept (1 GiB unless set); GPU tensors use
 /// their device's own caching allocator.
 /// The bytes cached now, in blocks no tensor uses.

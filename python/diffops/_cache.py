@@ -4,7 +4,7 @@ The function form's tangent tensors, shape ``(N, r, w)``, are its large ones. Wh
 the backward, in training) their blocks of 1 MiB and more are kept for the next call of the same
 shape instead of going back to the C library, which maps blocks that large afresh and unmaps them:
 every call would pay a page fault per 4 KiB page on first touch (1-2 µs each on a virtual machine,
-as much as the matrix products themselves at d = 8). Blocks in use are never shared. At most
+a fifth of a training step at d = 8). Blocks in use are never shared. At most
 :func:`cache_limit` bytes are kept (1 GiB unless set). Tensors on a GPU use the device's own caching
 allocator and are not affected.
 
