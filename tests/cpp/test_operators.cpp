@@ -490,19 +490,25 @@ TEST(FunctionForm, NeedsNoRequiresGradAndWorksUnderNoGrad) {
 }
 
 TEST(FunctionForm, ForwardPropagationOverSeveralChunksOfPoints) {
-  // d = 16 tangents of width 64: the scaled products take 256 points a chunk on a CPU, so 600
-  // points run in three chunks (the last partial); values and weight gradients equal the graph form.
+  // d = 16 tangents of width 64: the scaled product (the third Linear, for the Laplacian and the
+  // Jacobian) takes 256 points a chunk on a CPU, so 600 points run in three chunks, the last
+  // partial; values and weight gradients equal the graph form.
   torch::manual_seed(7);
   torch::nn::Sequential net(torch::nn::Linear(16, 64), torch::nn::Tanh(), torch::nn::Linear(64, 64),
-                            torch::nn::SiLU(), torch::nn::Linear(64, 16));
+                            torch::nn::SiLU(), torch::nn::Linear(64, 64), torch::nn::Tanh(),
+                            torch::nn::Linear(64, 16));
   net->to(torch::kFloat64);
   auto x = torch::randn({600, 16}, torch::kFloat64).requires_grad_();
   auto v = net->forward(x);
   const auto forward = diffops::Options().method("forward");
   auto lap = std::get<1>(diffops::laplacian(net, x, forward));
+  auto jac = std::get<1>(diffops::jacobian(net, x, forward));
   auto div = std::get<1>(diffops::divergence(net, x, forward));
   EXPECT_TRUE(torch::allclose(lap, diffops::laplacian(v, x), 1e-10, 1e-12));
+  EXPECT_TRUE(torch::allclose(jac, diffops::jacobian(v, x), 1e-10, 1e-12));
   EXPECT_TRUE(torch::allclose(div, diffops::divergence(v, x), 1e-10, 1e-12));
+  expect_same_parameter_gradients(lap, diffops::laplacian(v, x), net->parameters(), "laplacian");
+  expect_same_parameter_gradients(jac, diffops::jacobian(v, x), net->parameters(), "jacobian");
   expect_same_parameter_gradients(div, diffops::divergence(v, x), net->parameters(), "divergence");
 }
 
