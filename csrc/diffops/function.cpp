@@ -200,22 +200,32 @@ int64_t chunk_points(const at::Tensor& J) {
   return std::max<int64_t>(1, (int64_t{1} << 18) / std::max<int64_t>(1, J.size(1) * J.size(2)));
 }
 
-// (J ⊙ a) Wᵀ for tangents J (N, r, w), column scales a (N, w), Wt = Wᵀ (w, w'), scaled chunk by
-// chunk of points into the product's output: no (N, r, w) temporary. Measured 1.1-2.3x faster
-// than materialising J ⊙ a first on 2 cores. Not recorded by autograd (ScaledProduct is).
-at::Tensor scaled_product(const at::Tensor& J, const at::Tensor& a, const at::Tensor& Wt) {
-  at::NoGradGuard no_grad;
-  const auto n = J.size(0), r = J.size(1), w = J.size(2), step = chunk_points(J);
-  auto out = cached_empty({n, r, Wt.size(1)}, J.options());
-  auto rows = out.view({n * r, Wt.size(1)});
-  auto buffer = at::empty({std::min(n, step), r, w}, J.options());  // one chunk, reused
+// Calls fn(s, e, scaled) for each chunk [s, e) of points, scaled = J[s:e] ⊙ a[s:e] for tangents
+// J (N, r, w) and column scales a (N, w): one chunk buffer, reused, no (N, r, w) temporary.
+template <typename Fn>
+void for_scaled_chunks(const at::Tensor& J, const at::Tensor& a, Fn fn) {
+  const auto n = J.size(0), step = chunk_points(J);
+  auto buffer = at::empty({std::min(n, step), J.size(1), J.size(2)}, J.options());
   for (int64_t s = 0; s < n; s += step) {
     const auto e = std::min(n, s + step);
     auto scaled = buffer.narrow(0, 0, e - s);
     at::mul_out(scaled, J.slice(0, s, e), a.slice(0, s, e).unsqueeze(1));
+    fn(s, e, scaled);
+  }
+}
+
+// (J ⊙ a) Wᵀ for tangents J (N, r, w), column scales a (N, w), Wt = Wᵀ (w, w'), scaled chunk by
+// chunk of points into the product's output. Measured 1.1-2.3x faster than materialising J ⊙ a
+// first on 2 cores. Not recorded by autograd (ScaledProduct is).
+at::Tensor scaled_product(const at::Tensor& J, const at::Tensor& a, const at::Tensor& Wt) {
+  at::NoGradGuard no_grad;
+  const auto n = J.size(0), r = J.size(1), w = J.size(2);
+  auto out = cached_empty({n, r, Wt.size(1)}, J.options());
+  auto rows = out.view({n * r, Wt.size(1)});
+  for_scaled_chunks(J, a, [&](int64_t s, int64_t e, const at::Tensor& scaled) {
     auto target = rows.slice(0, s * r, e * r);
     at::mm_out(target, scaled.view({-1, w}), Wt);
-  }
+  });
   return out;
 }
 
@@ -223,28 +233,20 @@ at::Tensor scaled_product(const at::Tensor& J, const at::Tensor& a, const at::Te
 // same way. Not recorded by autograd.
 at::Tensor scaled_gram(const at::Tensor& J, const at::Tensor& a, const at::Tensor& G) {
   at::NoGradGuard no_grad;
-  const auto n = J.size(0), w = J.size(2), step = chunk_points(J);
+  const auto w = J.size(2);
   auto acc = at::zeros({w, G.size(2)}, J.options());
-  auto buffer = at::empty({std::min(n, step), J.size(1), w}, J.options());  // one chunk, reused
-  for (int64_t s = 0; s < n; s += step) {
-    const auto e = std::min(n, s + step);
-    auto scaled = buffer.narrow(0, 0, e - s);
-    at::mul_out(scaled, J.slice(0, s, e), a.slice(0, s, e).unsqueeze(1));
+  for_scaled_chunks(J, a, [&](int64_t s, int64_t e, const at::Tensor& scaled) {
     acc.addmm_(scaled.view({-1, w}).t(), G.slice(0, s, e).reshape({-1, G.size(2)}));
-  }
+  });
   return acc;
 }
 
 // Σ_n g[n, l] A[n, i, l] for g (N, w) and tangents A (N, r, w): the gradient of a factor shared
-// by every point, (r, w), summed chunk by chunk of points (no (N, r, w) temporary). Not recorded.
+// by every point, (r, w), summed chunk by chunk of points. Not recorded.
 at::Tensor point_sum(const at::Tensor& g, const at::Tensor& A) {
   at::NoGradGuard no_grad;
-  const auto n = A.size(0), step = chunk_points(A);
   auto acc = at::zeros({A.size(1), A.size(2)}, A.options());
-  for (int64_t s = 0; s < n; s += step) {
-    const auto e = std::min(n, s + step);
-    acc.add_((A.slice(0, s, e) * g.slice(0, s, e).unsqueeze(1)).sum(0));
-  }
+  for_scaled_chunks(A, g, [&](int64_t, int64_t, const at::Tensor& scaled) { acc.add_(scaled.sum(0)); });
   return acc;
 }
 

@@ -28,6 +28,20 @@ Tensor points(const std::vector<double>& p, int64_t d, torch::Dtype dtype) {
 
 Tensor col(const Tensor& x, int64_t i) { return x.select(-1, i); }
 
+// A float64 MLP d -> width -> width -> width -> d of three activations, Tanh around the middle
+// one (SiLU or Tanh).
+torch::nn::Sequential three_layer_mlp(int64_t d, int64_t width, bool silu_middle) {
+  torch::nn::Sequential net(torch::nn::Linear(d, width), torch::nn::Tanh(),
+                            torch::nn::Linear(width, width));
+  if (silu_middle) net->push_back(torch::nn::SiLU());
+  else net->push_back(torch::nn::Tanh());
+  net->push_back(torch::nn::Linear(width, width));
+  net->push_back(torch::nn::Tanh());
+  net->push_back(torch::nn::Linear(width, d));
+  net->to(torch::kFloat64);
+  return net;
+}
+
 // The gradients of sum(got²) and sum(want²) to every parameter agree (float64 round-off); a
 // parameter the operator does not see (an output bias) has none on either side.
 void expect_same_parameter_gradients(const Tensor& got, const Tensor& want,
@@ -376,10 +390,7 @@ TEST(FunctionForm, CacheReusesBlocksAndChangesNoResult) {
   // The forward propagation's (N, r, w) tangents (4 MiB here) come back to diffops' CPU cache when
   // they die and serve the next call; results are bit for bit those of an uncached call.
   torch::manual_seed(3);
-  torch::nn::Sequential net(torch::nn::Linear(8, 64), torch::nn::Tanh(), torch::nn::Linear(64, 64),
-                            torch::nn::Tanh(), torch::nn::Linear(64, 64), torch::nn::Tanh(),
-                            torch::nn::Linear(64, 8));
-  net->to(torch::kFloat64);
+  auto net = three_layer_mlp(8, 64, false);
   auto x = torch::randn({1024, 8}, torch::kFloat64);
   auto step = [&] {
     auto [v, div] = diffops::divergence(net, x);
@@ -451,10 +462,7 @@ TEST(FunctionForm, NeedsNoRequiresGradAndWorksUnderNoGrad) {
   // every method gives the same numbers, detached, and the forward propagation scales its tangents
   // in place without changing a bit.
   torch::manual_seed(5);
-  torch::nn::Sequential net(torch::nn::Linear(3, 8), torch::nn::Tanh(), torch::nn::Linear(8, 8),
-                            torch::nn::SiLU(), torch::nn::Linear(8, 8), torch::nn::Tanh(),
-                            torch::nn::Linear(8, 3));
-  net->to(torch::kFloat64);
+  auto net = three_layer_mlp(3, 8, true);
   const auto x = torch::randn({6, 3}, torch::kFloat64);
   using Op = std::function<std::tuple<Tensor, Tensor>(const Tensor&, const diffops::Options&)>;
   const std::vector<std::pair<std::string, Op>> ops = {
@@ -494,10 +502,7 @@ TEST(FunctionForm, ForwardPropagationOverSeveralChunksOfPoints) {
   // Jacobian) takes 256 points a chunk on a CPU, so 600 points run in three chunks, the last
   // partial; values and weight gradients equal the graph form.
   torch::manual_seed(7);
-  torch::nn::Sequential net(torch::nn::Linear(16, 64), torch::nn::Tanh(), torch::nn::Linear(64, 64),
-                            torch::nn::SiLU(), torch::nn::Linear(64, 64), torch::nn::Tanh(),
-                            torch::nn::Linear(64, 16));
-  net->to(torch::kFloat64);
+  auto net = three_layer_mlp(16, 64, true);
   auto x = torch::randn({600, 16}, torch::kFloat64).requires_grad_();
   auto v = net->forward(x);
   const auto forward = diffops::Options().method("forward");
