@@ -13,7 +13,10 @@ vmap(jacfwd); for the Laplacian, jet-for-pytorch's collapsed Taylor mode when it
 eval: the operator alone; train: loss = mean(result²) and backward to the parameters. Median times,
 methods run round-robin; the exact methods are checked against each other first. "peak MiB": memory
 of one train step above what was in use before it (--memory). Ratio = train time / the best exact
-diffops strategy's train time.
+diffops strategy's train time. "matmul ms" (--matmul): the part of one step spent inside matrix
+products (aten::mm, addmm, bmm, ... self time under torch.profiler), eval / train: no method can be
+faster than the products it performs, so a ratio to a peer is bounded by the peer's time over ours
+in products alone.
 
     python benchmarks/bench_operators.py --op laplacian --d 2 3 8 32 128 --points 1024 --dtype float64
 """
@@ -25,7 +28,7 @@ from torch.func import functional_call, hessian, jacfwd, jacrev, jvp, vmap
 from torch.func import grad as fgrad
 
 import diffops
-from common import median_times, peak_memory_mib
+from common import matmul_ms, median_times, peak_memory_mib
 
 
 def mlp(d_in, d_out, width, device, dtype):
@@ -132,6 +135,8 @@ def main():
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--budget", type=float, default=20.0, help="seconds per method and row before fewer repeats")
     ap.add_argument("--memory", action="store_true", help="also measure peak memory of a train step")
+    ap.add_argument("--matmul", action="store_true",
+                    help="also measure the time inside matrix products (eval / train, torch.profiler)")
     ap.add_argument("--skip", nargs="*", default=[], help="skip methods whose name contains one of these")
     args = ap.parse_args()
     dt, device = getattr(torch, args.dtype), torch.device(args.device)
@@ -145,8 +150,8 @@ def main():
     print(f"# {args.op}: torch {torch.__version__}, jet-for-pytorch {jet}, {torch.get_num_threads()} threads, device {device}, "
           f"{args.dtype}, N={args.points}, 3 tanh layers of width {args.width}")
     print("| d | method | eval ms | train ms |" + (" peak MiB |" if args.memory else "")
-          + " eval / best diffops | train / best diffops |")
-    print("|---|---|---|---|" + ("---|" if args.memory else "") + "---|---|")
+          + (" matmul ms |" if args.matmul else "") + " eval / best diffops | train / best diffops |")
+    print("|---|---|---|---|" + ("---|" if args.memory else "") + ("---|" if args.matmul else "") + "---|---|")
     for d in args.d:
         torch.manual_seed(0)
         net = mlp(d, d if args.op == "divergence" else 1, args.width, device, dt)
@@ -169,11 +174,13 @@ def main():
         evals = median_times(calls, args.repeats, args.budget)
         trains = median_times([trainer(f) for f in calls], args.repeats, args.budget)
         mems = [peak_memory_mib(trainer(f), device) for f in calls] if args.memory else None
+        mms = [(matmul_ms(f, device), matmul_ms(trainer(f), device)) for f in calls] if args.matmul else None
         exact = [name.startswith("diffops") and ex for name, (_, ex) in fns.items()]
         best_eval = min(t for t, ex in zip(evals, exact) if ex)
         best = min(t for t, ex in zip(trains, exact) if ex)
         for k, (name, te, tt) in enumerate(zip(fns, evals, trains)):
             mem = f" {mems[k]:.0f} |" if mems else ""
+            mem += f" {mms[k][0]:.1f} / {mms[k][1]:.1f} |" if mms else ""
             print(f"| {d} | {name} | {te * 1e3:.2f} | {tt * 1e3:.2f} |{mem} {te / best_eval:.2f}× | {tt / best:.2f}× |",
                   flush=True)
 

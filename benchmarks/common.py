@@ -66,3 +66,27 @@ def peak_memory_mib(fn, device):
         f.write("5")
     fn()
     return (_status_kib("VmHWM") - base) / 1024
+
+
+# The ATen matrix products (BLAS / cuBLAS calls); a batched or vmapped product lands in one of them.
+MATMUL_OPS = {"aten::mm", "aten::addmm", "aten::addmm_", "aten::bmm", "aten::baddbmm", "aten::addbmm",
+              "aten::mv", "aten::addmv", "aten::addmv_", "aten::dot", "aten::vdot", "aten::addr"}
+
+
+def matmul_ms(fn, device, repeats=5):
+    """Milliseconds per call of `fn` spent inside matrix products: the self time of the ATen product
+    ops under torch.profiler (on CUDA their kernels' device time), after one warm-up call. A lower
+    bound for any method that performs the same products, whatever else it does."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    _sync()
+    cuda = device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        for _ in range(repeats):
+            fn()
+        _sync()
+    field = "self_device_time_total" if cuda else "self_cpu_time_total"
+    total_us = sum(getattr(e, field) for e in prof.key_averages() if e.key in MATMUL_OPS)
+    return total_us / repeats / 1e3

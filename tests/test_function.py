@@ -282,6 +282,27 @@ def test_forward_propagation_passes_gradcheck_and_gradgradcheck(op, net_name):
     assert torch.autograd.gradgradcheck(forward, inputs)
 
 
+@pytest.mark.parametrize("op", ["laplacian", "divergence", "jacobian", "hessian"])
+@pytest.mark.parametrize("net_name", GRADCHECK_NETS)
+def test_recorded_backward_equals_the_plain_one(op, net_name):
+    """The hand-written backwards (tanh's derivatives, TangentDot, ScaledProduct, SharedProduct) have
+    a plain branch (no graph: in place, cached blocks) and a recorded one (create_graph: out of place
+    ATen ops, differentiated again by gradgradcheck). gradgradcheck only checks the recorded branch
+    against itself, so here it must give the plain branch's gradients."""
+    torch.manual_seed(1)
+    d, layers = GRADCHECK_NETS[net_name]
+    net = torch.nn.Sequential(*layers()).double()
+    x = torch.randn(5, d, dtype=torch.float64, requires_grad=True)
+    wrt = [x, *net.parameters()]
+    grads = []
+    for create_graph in (False, True):
+        out = getattr(diffops, op)(net, x, method="forward")[1]
+        grads.append(torch.autograd.grad(out.sin().sum(), wrt, create_graph=create_graph, materialize_grads=True))
+    assert grads[1][0].requires_grad and not grads[0][0].requires_grad
+    for plain, recorded in zip(*grads):
+        torch.testing.assert_close(recorded, plain, rtol=1e-12, atol=1e-12)
+
+
 def test_the_python_auto_rule_mirrors_the_cpp_one():
     """function_form decides "auto" in Python (torch.compile cannot trace an op returning a bool);
     it must agree with diffops::forward_is_auto on every operator and shape of model."""
