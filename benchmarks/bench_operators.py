@@ -179,9 +179,8 @@ def main():
         best_eval = min(t for t, ex in zip(evals, exact) if ex)
         best = min(t for t, ex in zip(trains, exact) if ex)
         for k, (name, te, tt) in enumerate(zip(fns, evals, trains)):
-            mem = f" {mems[k]:.0f} |" if mems else ""
-            mem += f" {mms[k][0]:.1f} / {mms[k][1]:.1f} |" if mms else ""
-            print(f"| {d} | {name} | {te * 1e3:.2f} | {tt * 1e3:.2f} |{mem} {te / best_eval:.2f}× | {tt / best:.2f}× |",
+            extra = (f" {mems[k]:.0f} |" if mems else "") + (f" {mms[k][0]:.1f} / {mms[k][1]:.1f} |" if mms else "")
+            print(f"| {d} | {name} | {te * 1e3:.2f} | {tt * 1e3:.2f} |{extra} {te / best_eval:.2f}× | {tt / best:.2f}× |",
                   flush=True)
 
 

@@ -293,12 +293,14 @@ struct TanhSteps : torch::autograd::Function<TanhSteps> {
     const auto& gt = grads[0];
     const auto& gd1 = grads[1];
     const at::Tensor gd2 = grads.size() > 2 ? grads[2] : at::Tensor();
+    if (!gd1.defined() && !gd2.defined())  // only t is used: the plain tanh backward
+      return {gt.defined() ? gt * d1 : at::Tensor(), at::Tensor()};
     const bool record = at::GradMode::is_enabled();  // a double backward: out of place only
-    at::Tensor inner;  // g_t - 2 t g_t1 + (4 - 6 t1) g_t2
+    at::Tensor inner;  // g_t - 2 t g_t1 + (4 - 6 t1) g_t2, a fresh tensor unless recorded
     if (gd1.defined())
       inner = gt.defined() ? at::addcmul(gt, t, gd1, -2) : t * gd1 * -2;
     else if (gt.defined())
-      inner = record ? gt : gt.clone();
+      inner = record ? gt : gt.clone();  // g_t2 is added in place below
     if (gd2.defined()) {
       if (record) {
         auto term = gd2 * (4 - 6 * d1);
@@ -309,7 +311,6 @@ struct TanhSteps : torch::autograd::Function<TanhSteps> {
         inner = at::addcmul(gd2 * 4, gd2, d1, -6);
       }
     }
-    if (!inner.defined()) return {at::Tensor(), at::Tensor()};
     return {record ? inner * d1 : inner.mul_(d1), at::Tensor()};
   }
 };
