@@ -12,23 +12,26 @@ vmap(jacfwd); for the Laplacian, jet-for-pytorch's collapsed Taylor mode when it
 
 eval: the operator alone; train: loss = mean(result²) and backward to the parameters. Median times,
 methods run round-robin; the exact methods are checked against each other first. "peak MiB": memory
-of one train step above what was in use before it (--memory). Ratio = train time / the best exact
-diffops strategy's train time. "matmul ms" (--matmul): the part of one step spent inside matrix
-products (aten::mm, addmm, bmm, ... self time under torch.profiler), eval / train: no method can be
-faster than the products it performs, so a ratio to a peer is bounded by the peer's time over ours
-in products alone.
+of one train step above what was in use before it (--memory). Ratios: a method's time over the
+best exact diffops strategy's (best by median), eval and train separately, taken round by round of
+the round-robin and reported as the median over rounds with (min–max) over rounds: the two times
+of a pair were taken seconds apart, so the pair shares the machine's drift. "matmul ms" (--matmul):
+the part of one step spent inside matrix products (aten::mm, addmm, bmm, ... self time under
+torch.profiler), eval / train: no method can be faster than the products it performs, so a ratio to
+a peer is bounded by the peer's time over ours in products alone.
 
     python benchmarks/bench_operators.py --op laplacian --d 2 3 8 32 128 --points 1024 --dtype float64
 """
 
 import argparse
+import statistics
 
 import torch
 from torch.func import functional_call, hessian, jacfwd, jacrev, jvp, vmap
 from torch.func import grad as fgrad
 
 import diffops
-from common import matmul_ms, median_times, peak_memory_mib
+from common import matmul_ms, paired_ratios, peak_memory_mib, round_times
 
 
 def mlp(d_in, d_out, width, device, dtype):
@@ -171,17 +174,27 @@ def main():
             return step
 
         calls = [fn for fn, _ in fns.values()]
-        evals = median_times(calls, args.repeats, args.budget)
-        trains = median_times([trainer(f) for f in calls], args.repeats, args.budget)
+        eval_rounds = round_times(calls, args.repeats, args.budget)
+        train_rounds = round_times([trainer(f) for f in calls], args.repeats, args.budget)
+        evals = [statistics.median(ts) for ts in eval_rounds]
+        trains = [statistics.median(ts) for ts in train_rounds]
         mems = [peak_memory_mib(trainer(f), device) for f in calls] if args.memory else None
         mms = [(matmul_ms(f, device), matmul_ms(trainer(f), device)) for f in calls] if args.matmul else None
         exact = [name.startswith("diffops") and ex for name, (_, ex) in fns.items()]
-        best_eval = min(t for t, ex in zip(evals, exact) if ex)
-        best = min(t for t, ex in zip(trains, exact) if ex)
+        # the best exact diffops strategy by median; every ratio is paired round by round with it
+        best_eval = min((t, k) for k, (t, ex) in enumerate(zip(evals, exact)) if ex)[1]
+        best = min((t, k) for k, (t, ex) in enumerate(zip(trains, exact)) if ex)[1]
+
+        def ratio(rounds, k, b):
+            if k == b:
+                return "1.00×"
+            mid, lo, hi = paired_ratios(rounds[k], rounds[b])
+            return f"{mid:.2f}× ({lo:.2f}–{hi:.2f})" if len(rounds[k]) > 2 else f"{mid:.2f}×"
+
         for k, (name, te, tt) in enumerate(zip(fns, evals, trains)):
             extra = (f" {mems[k]:.0f} |" if mems else "") + (f" {mms[k][0]:.1f} / {mms[k][1]:.1f} |" if mms else "")
-            print(f"| {d} | {name} | {te * 1e3:.2f} | {tt * 1e3:.2f} |{extra} {te / best_eval:.2f}× | {tt / best:.2f}× |",
-                  flush=True)
+            print(f"| {d} | {name} | {te * 1e3:.2f} | {tt * 1e3:.2f} |{extra} {ratio(eval_rounds, k, best_eval)} | "
+                  f"{ratio(train_rounds, k, best)} |", flush=True)
 
 
 if __name__ == "__main__":

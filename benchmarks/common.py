@@ -15,10 +15,12 @@ def _sync():
         torch.cuda.synchronize()
 
 
-def median_times(fns, repeats, budget_s=None):
-    """Median seconds of each function, run round-robin after one warm-up each (no order bias);
+def round_times(fns, repeats, budget_s=None):
+    """Seconds of each call of each function, one list per function, run round-robin after one
+    warm-up each (no order bias): entry r of every list comes from round r, so two functions' times
+    in the same round were taken seconds apart and can be compared pairwise (see paired_ratios).
     CUDA work is synchronised before each clock read. With `budget_s`, a function whose warm-up
-    shows that `repeats` runs would exceed the budget runs fewer times (at least once)."""
+    shows that `repeats` runs would exceed the budget runs fewer rounds (at least one)."""
     reps = []
     for fn in fns:
         t0 = time.perf_counter()
@@ -35,7 +37,20 @@ def median_times(fns, repeats, budget_s=None):
             fn()
             _sync()
             ts.append(time.perf_counter() - t0)
-    return [statistics.median(ts) for ts in times]
+    return times
+
+
+def median_times(fns, repeats, budget_s=None):
+    """Median seconds of each function (round_times)."""
+    return [statistics.median(ts) for ts in round_times(fns, repeats, budget_s)]
+
+
+def paired_ratios(times, ref):
+    """Ratios times[r] / ref[r] of two functions' round_times, round by round over the rounds both
+    ran: on a machine whose speed drifts over minutes (a shared VM) a pair from one round shares
+    the drift, which the ratio of two medians does not cancel. Returns (median, min, max)."""
+    ratios = sorted(t / b for t, b in zip(times, ref))
+    return statistics.median(ratios), ratios[0], ratios[-1]
 
 
 def _status_kib(key):

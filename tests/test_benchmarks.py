@@ -33,6 +33,34 @@ def test_bench_operators_cross_checks_and_reports_every_method(op):
     assert any(row.rstrip().endswith("| 1.00× |") for row in rows)
 
 
+def test_bench_operators_pairs_ratios_round_by_round():
+    # three rounds: the ratio cells carry the median and the (min–max) over rounds
+    text = bench("bench_operators.py", "--op", "divergence", "--d", "2", "--points", "8", "--width", "8",
+                 "--repeats", "3", "--skip", "batched", "forward-over")
+    rows = [line for line in text.splitlines() if line.startswith("| 2 | ")]
+    spread = re.compile(r"^(\d+\.\d\d)× \((\d+\.\d\d)–(\d+\.\d\d)\)$")
+    cells = [cell.strip() for row in rows for cell in row.strip("|").split("|")[4:]]
+    ranged = [spread.match(cell) for cell in cells if cell != "1.00×"]
+    assert ranged and all(ranged), cells
+    assert all(float(m[2]) <= float(m[1]) <= float(m[3]) for m in ranged)
+
+
+def test_paired_ratios_and_round_times():
+    sys.path.insert(0, str(BENCH))
+    try:
+        from common import paired_ratios, round_times
+    finally:
+        sys.path.remove(str(BENCH))
+    # round by round: 2/1, 4/2, 9/3 -> median 2, min 2, max 3 (the ratio of the medians would be 2)
+    assert paired_ratios([2.0, 4.0, 9.0], [1.0, 2.0, 3.0]) == (2.0, 2.0, 3.0)
+    # rounds one of the two did not run are left out
+    assert paired_ratios([3.0], [1.0, 5.0]) == (3.0, 3.0, 3.0)
+    calls = []
+    times = round_times([lambda: calls.append("a"), lambda: calls.append("b")], repeats=3)
+    assert [len(ts) for ts in times] == [3, 3] and all(t >= 0 for ts in times for t in ts)
+    assert calls == ["a", "b"] + ["a", "b"] * 3  # one warm-up each, then round-robin
+
+
 def test_bench_elementwise_runs():
     text = bench("bench_elementwise.py", "--n", "200", "--identity-max", "200", "--repeats", "1")
     assert re.search(r"^\| 200 \| diffops\.derivative \(ones\) \|", text, re.M)
