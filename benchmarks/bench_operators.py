@@ -127,6 +127,15 @@ def strategies(op, net, x):
     return methods
 
 
+def ratio_cell(rounds, k, best):
+    """Method k's time over method `best`'s, paired round by round: the median, with (min–max) over
+    rounds when there are more than two."""
+    if k == best:
+        return "1.00×"
+    mid, lo, hi = paired_ratios(rounds[k], rounds[best])
+    return f"{mid:.2f}× ({lo:.2f}–{hi:.2f})" if len(rounds[k]) > 2 else f"{mid:.2f}×"
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--op", choices=["laplacian", "divergence", "hessian"], default="laplacian")
@@ -184,17 +193,10 @@ def main():
         # the best exact diffops strategy by median; every ratio is paired round by round with it
         best_eval = min((t, k) for k, (t, ex) in enumerate(zip(evals, exact)) if ex)[1]
         best = min((t, k) for k, (t, ex) in enumerate(zip(trains, exact)) if ex)[1]
-
-        def ratio(rounds, k, b):
-            if k == b:
-                return "1.00×"
-            mid, lo, hi = paired_ratios(rounds[k], rounds[b])
-            return f"{mid:.2f}× ({lo:.2f}–{hi:.2f})" if len(rounds[k]) > 2 else f"{mid:.2f}×"
-
         for k, (name, te, tt) in enumerate(zip(fns, evals, trains)):
             extra = (f" {mems[k]:.0f} |" if mems else "") + (f" {mms[k][0]:.1f} / {mms[k][1]:.1f} |" if mms else "")
-            print(f"| {d} | {name} | {te * 1e3:.2f} | {tt * 1e3:.2f} |{extra} {ratio(eval_rounds, k, best_eval)} | "
-                  f"{ratio(train_rounds, k, best)} |", flush=True)
+            print(f"| {d} | {name} | {te * 1e3:.2f} | {tt * 1e3:.2f} |{extra} {ratio_cell(eval_rounds, k, best_eval)} | "
+                  f"{ratio_cell(train_rounds, k, best)} |", flush=True)
 
 
 if __name__ == "__main__":

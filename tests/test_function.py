@@ -258,6 +258,8 @@ GRADCHECK_NETS = {  # d, layers: plain, two activations in a row (a pending scal
                                         torch.nn.GELU(), torch.nn.Linear(4, 3)]),
     "reduced basis": (5, lambda: [torch.nn.Linear(5, 3), torch.nn.Tanh(), torch.nn.Linear(3, 4), torch.nn.Tanh(),
                                   torch.nn.Linear(4, 4), torch.nn.Softplus(), torch.nn.Linear(4, 5)]),
+    # one tanh whose σ' scales nothing: its backward gets g_t and g_t″ without g_t′ (the Laplacian)
+    "one hidden layer": (3, lambda: [torch.nn.Linear(3, 5), torch.nn.Tanh(), torch.nn.Linear(5, 3)]),
 }
 
 
@@ -301,6 +303,31 @@ def test_recorded_backward_equals_the_plain_one(op, net_name):
     assert grads[1][0].requires_grad and not grads[0][0].requires_grad
     for plain, recorded in zip(*grads):
         torch.testing.assert_close(recorded, plain, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("net_name", GRADCHECK_NETS)
+def test_a_residual_of_the_value_and_the_laplacian_trains_like_torch_func(net_name):
+    """A PDE residual uses the value u and Δu from one call, so tanh's node gets g_t and g_t″ (and
+    g_t′ where σ' scales tangents onward); its gradients, plain and recorded, match torch.func."""
+    torch.manual_seed(2)
+    d, layers = GRADCHECK_NETS[net_name]
+    net = torch.nn.Sequential(*layers()).double()
+    x = torch.randn(5, d, dtype=torch.float64, requires_grad=True)
+    wrt = [x, *net.parameters()]
+
+    def reference(params):
+        def field(z):
+            return torch.func.functional_call(net, params, (z,))
+
+        lap = torch.func.vmap(lambda z: torch.func.hessian(field)(z).diagonal(dim1=-2, dim2=-1).sum(-1))(x)
+        return field(x) + lap
+
+    want = torch.autograd.grad(reference(dict(net.named_parameters())).sin().sum(), wrt, materialize_grads=True)
+    for create_graph in (False, True):
+        u, lap = diffops.laplacian(net, x, method="forward")
+        got = torch.autograd.grad((u + lap).sin().sum(), wrt, create_graph=create_graph, materialize_grads=True)
+        for g, w in zip(got, want):
+            torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12)
 
 
 def test_the_python_auto_rule_mirrors_the_cpp_one():

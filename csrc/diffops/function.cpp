@@ -296,19 +296,18 @@ struct TanhSteps : torch::autograd::Function<TanhSteps> {
     if (!gd1.defined() && !gd2.defined())  // only t is used: the plain tanh backward
       return {gt.defined() ? gt * d1 : at::Tensor(), at::Tensor()};
     const bool record = at::GradMode::is_enabled();  // a double backward: out of place only
-    at::Tensor inner;  // g_t - 2 t g_t1 + (4 - 6 t1) g_t2, a fresh tensor unless recorded
-    if (gd1.defined())
+    // inner = g_t - 2 t g_t1 + (4 - 6 t1) g_t2; g_t itself is never modified in place
+    at::Tensor inner = gt;
+    if (gd1.defined())  // a fresh tensor from here on
       inner = gt.defined() ? at::addcmul(gt, t, gd1, -2) : t * gd1 * -2;
-    else if (gt.defined())
-      inner = record ? gt : gt.clone();  // g_t2 is added in place below
     if (gd2.defined()) {
       if (record) {
         auto term = gd2 * (4 - 6 * d1);
         inner = inner.defined() ? inner + term : term;
-      } else if (inner.defined()) {
+      } else if (gd1.defined()) {
         inner.add_(gd2, 4).addcmul_(gd2, d1, -6);
-      } else {
-        inner = at::addcmul(gd2 * 4, gd2, d1, -6);
+      } else {  // one out-of-place pass from g_t (no clone of it first)
+        inner = (gt.defined() ? at::add(gt, gd2, 4) : gd2 * 4).addcmul_(gd2, d1, -6);
       }
     }
     return {record ? inner * d1 : inner.mul_(d1), at::Tensor()};
