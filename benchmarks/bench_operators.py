@@ -18,7 +18,9 @@ the round-robin and reported as the median over rounds with (min–max) over rou
 of a pair were taken seconds apart, so the pair shares the machine's drift. "matmul ms" (--matmul):
 the part of one step spent inside matrix products (aten::mm, addmm, bmm, ... self time under
 torch.profiler), eval / train: no method can be faster than the products it performs, so a ratio to
-a peer is bounded by the peer's time over ours in products alone.
+a peer is bounded by the peer's time over ours in products alone. "tanh ms": the part spent in
+aten::tanh, the model's activations, which every method evaluates (once per layer for the value);
+products and tanh together bound a ratio more tightly.
 
     python benchmarks/bench_operators.py --op laplacian --d 2 3 8 32 128 --points 1024 --dtype float64
 """
@@ -31,7 +33,7 @@ from torch.func import functional_call, hessian, jacfwd, jacrev, jvp, vmap
 from torch.func import grad as fgrad
 
 import diffops
-from common import matmul_ms, paired_ratios, peak_memory_mib, round_times
+from common import ACTIVATION_OPS, MATMUL_OPS, paired_ratios, peak_memory_mib, profiled_ms, round_times
 
 
 def mlp(d_in, d_out, width, device, dtype):
@@ -148,7 +150,7 @@ def main():
     ap.add_argument("--budget", type=float, default=20.0, help="seconds per method and row before fewer repeats")
     ap.add_argument("--memory", action="store_true", help="also measure peak memory of a train step")
     ap.add_argument("--matmul", action="store_true",
-                    help="also measure the time inside matrix products (eval / train, torch.profiler)")
+                    help="also measure the time inside matrix products and inside tanh (eval / train, torch.profiler)")
     ap.add_argument("--skip", nargs="*", default=[], help="skip methods whose name contains one of these")
     args = ap.parse_args()
     dt, device = getattr(torch, args.dtype), torch.device(args.device)
@@ -162,8 +164,8 @@ def main():
     print(f"# {args.op}: torch {torch.__version__}, jet-for-pytorch {jet}, {torch.get_num_threads()} threads, device {device}, "
           f"{args.dtype}, N={args.points}, 3 tanh layers of width {args.width}")
     print("| d | method | eval ms | train ms |" + (" peak MiB |" if args.memory else "")
-          + (" matmul ms |" if args.matmul else "") + " eval / best diffops | train / best diffops |")
-    print("|---|---|---|---|" + ("---|" if args.memory else "") + ("---|" if args.matmul else "") + "---|---|")
+          + (" matmul ms | tanh ms |" if args.matmul else "") + " eval / best diffops | train / best diffops |")
+    print("|---|---|---|---|" + ("---|" if args.memory else "") + ("---|---|" if args.matmul else "") + "---|---|")
     for d in args.d:
         torch.manual_seed(0)
         net = mlp(d, d if args.op == "divergence" else 1, args.width, device, dt)
@@ -188,13 +190,15 @@ def main():
         evals = [statistics.median(ts) for ts in eval_rounds]
         trains = [statistics.median(ts) for ts in train_rounds]
         mems = [peak_memory_mib(trainer(f), device) for f in calls] if args.memory else None
-        mms = [(matmul_ms(f, device), matmul_ms(trainer(f), device)) for f in calls] if args.matmul else None
+        # per call: (matmul, tanh) ms in eval and in train, from one profiled run each
+        mms = [(profiled_ms(f, device, MATMUL_OPS, ACTIVATION_OPS), profiled_ms(trainer(f), device, MATMUL_OPS, ACTIVATION_OPS))
+               for f in calls] if args.matmul else None
         exact = [name.startswith("diffops") and ex for name, (_, ex) in fns.items()]
         # the best exact diffops strategy by median; every ratio is paired round by round with it
         best_eval = min((t, k) for k, (t, ex) in enumerate(zip(evals, exact)) if ex)[1]
         best = min((t, k) for k, (t, ex) in enumerate(zip(trains, exact)) if ex)[1]
         for k, (name, te, tt) in enumerate(zip(fns, evals, trains)):
-            extra = (f" {mems[k]:.0f} |" if mems else "") + (f" {mms[k][0]:.1f} / {mms[k][1]:.1f} |" if mms else "")
+            extra = (f" {mems[k]:.0f} |" if mems else "") + (f" {mms[k][0][0]:.1f} / {mms[k][1][0]:.1f} | {mms[k][0][1]:.2f} / {mms[k][1][1]:.2f} |" if mms else "")
             print(f"| {d} | {name} | {te * 1e3:.2f} | {tt * 1e3:.2f} |{extra} {ratio_cell(eval_rounds, k, best_eval)} | "
                   f"{ratio_cell(train_rounds, k, best)} |", flush=True)
 

@@ -88,10 +88,14 @@ MATMUL_OPS = {"aten::mm", "aten::addmm", "aten::addmm_", "aten::bmm", "aten::bad
               "aten::mv", "aten::addmv", "aten::addmv_", "aten::dot", "aten::vdot", "aten::addr"}
 
 
-def matmul_ms(fn, device, repeats=5):
-    """Milliseconds per call of `fn` spent inside matrix products: the self time of the ATen product
-    ops under torch.profiler (on CUDA their kernels' device time), after one warm-up call. A lower
-    bound for any method that performs the same products, whatever else it does."""
+# The activation of the benchmark's model: every method evaluates it on (N, w) once per layer.
+ACTIVATION_OPS = {"aten::tanh"}
+
+
+def profiled_ms(fn, device, *op_sets, repeats=5):
+    """Milliseconds per call of `fn` spent inside each set of ATen ops in `op_sets` (one figure per
+    set): their self time under torch.profiler (on CUDA their kernels' device time), after one
+    warm-up call, from one profiled run of `repeats` calls."""
     from torch.profiler import ProfilerActivity, profile
 
     fn()
@@ -103,5 +107,6 @@ def matmul_ms(fn, device, repeats=5):
             fn()
         _sync()
     field = "self_device_time_total" if cuda else "self_cpu_time_total"
-    total_us = sum(getattr(e, field) for e in prof.key_averages() if e.key in MATMUL_OPS)
-    return total_us / repeats / 1e3
+    events = prof.key_averages()
+    return [sum(getattr(e, field) for e in events if e.key in ops) / repeats / 1e3 for ops in op_sets]
+

@@ -61,6 +61,35 @@ def test_paired_ratios_and_round_times():
     assert calls == ["a", "b"] + ["a", "b"] * 3  # one warm-up each, then round-robin
 
 
+def test_bench_operators_reports_time_in_products_and_tanh():
+    text = bench("bench_operators.py", "--op", "laplacian", "--d", "2", "--points", "64", "--width", "16", "--repeats", "1",
+                 "--skip", "batched", "forward-over", "jet", "--matmul")
+    assert "| matmul ms | tanh ms |" in text
+    rows = [line.strip("|").split("|") for line in text.splitlines() if line.startswith("| 2 | ")]
+    for cells in rows:  # d, method, eval, train, matmul eval / train, tanh eval / train, two ratios
+        assert len(cells) == 8
+        assert all(len(cell.split(" / ")) == 2 and min(map(float, cell.split(" / "))) >= 0 for cell in cells[4:6])
+    matmul = {cells[1].strip(): [float(v) for v in cells[4].split(" / ")] for cells in rows}
+    assert all(v > 0 for v in matmul["loop of torch.autograd.grad"])  # a Linear layer is a product
+
+
+def test_profiled_ms_counts_each_set_of_ops_apart():
+    sys.path.insert(0, str(BENCH))
+    try:
+        from common import ACTIVATION_OPS, MATMUL_OPS, profiled_ms
+    finally:
+        sys.path.remove(str(BENCH))
+    import torch
+
+    a = torch.randn(256, 256)
+    cpu = torch.device("cpu")
+    products, tanh = profiled_ms(lambda: a @ a, cpu, MATMUL_OPS, ACTIVATION_OPS)
+    assert products > 0 and tanh == 0
+    products, tanh = profiled_ms(lambda: torch.tanh(a), cpu, MATMUL_OPS, ACTIVATION_OPS)
+    assert products == 0 and tanh > 0
+    assert profiled_ms(lambda: torch.tanh(a @ a), cpu, MATMUL_OPS | ACTIVATION_OPS)[0] > 0
+
+
 def test_bench_elementwise_runs():
     text = bench("bench_elementwise.py", "--n", "200", "--identity-max", "200", "--repeats", "1")
     assert re.search(r"^\| 200 \| diffops\.derivative \(ones\) \|", text, re.M)
