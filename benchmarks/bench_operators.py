@@ -190,15 +190,18 @@ def main():
         evals = [statistics.median(ts) for ts in eval_rounds]
         trains = [statistics.median(ts) for ts in train_rounds]
         mems = [peak_memory_mib(trainer(f), device) for f in calls] if args.memory else None
-        # per call: (matmul, tanh) ms in eval and in train, from one profiled run each
-        mms = [(profiled_ms(f, device, MATMUL_OPS, ACTIVATION_OPS), profiled_ms(trainer(f), device, MATMUL_OPS, ACTIVATION_OPS))
+        # per method: [matmul, tanh] ms in eval, then in train, each pair from one profiled run
+        mms = [[profiled_ms(g, device, MATMUL_OPS, ACTIVATION_OPS) for g in (f, trainer(f))]
                for f in calls] if args.matmul else None
         exact = [name.startswith("diffops") and ex for name, (_, ex) in fns.items()]
         # the best exact diffops strategy by median; every ratio is paired round by round with it
         best_eval = min((t, k) for k, (t, ex) in enumerate(zip(evals, exact)) if ex)[1]
         best = min((t, k) for k, (t, ex) in enumerate(zip(trains, exact)) if ex)[1]
         for k, (name, te, tt) in enumerate(zip(fns, evals, trains)):
-            extra = (f" {mems[k]:.0f} |" if mems else "") + (f" {mms[k][0][0]:.1f} / {mms[k][1][0]:.1f} | {mms[k][0][1]:.2f} / {mms[k][1][1]:.2f} |" if mms else "")
+            extra = f" {mems[k]:.0f} |" if mems else ""
+            if mms:
+                (mm_eval, tanh_eval), (mm_train, tanh_train) = mms[k]
+                extra += f" {mm_eval:.1f} / {mm_train:.1f} | {tanh_eval:.2f} / {tanh_train:.2f} |"
             print(f"| {d} | {name} | {te * 1e3:.2f} | {tt * 1e3:.2f} |{extra} {ratio_cell(eval_rounds, k, best_eval)} | "
                   f"{ratio_cell(train_rounds, k, best)} |", flush=True)
 

@@ -109,4 +109,3 @@ def profiled_ms(fn, device, *op_sets, repeats=5):
     field = "self_device_time_total" if cuda else "self_cpu_time_total"
     events = prof.key_averages()
     return [sum(getattr(e, field) for e in events if e.key in ops) / repeats / 1e3 for ops in op_sets]
-

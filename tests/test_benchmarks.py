@@ -62,8 +62,8 @@ def test_paired_ratios_and_round_times():
 
 
 def test_bench_operators_reports_time_in_products_and_tanh():
-    text = bench("bench_operators.py", "--op", "laplacian", "--d", "2", "--points", "64", "--width", "16", "--repeats", "1",
-                 "--skip", "batched", "forward-over", "jet", "--matmul")
+    text = bench("bench_operators.py", "--op", "laplacian", "--d", "2", "--points", "64", "--width", "16",
+                 "--repeats", "1", "--skip", "batched", "forward-over", "jet", "--matmul")
     assert "| matmul ms | tanh ms |" in text
     rows = [line.strip("|").split("|") for line in text.splitlines() if line.startswith("| 2 | ")]
     for cells in rows:  # d, method, eval, train, matmul eval / train, tanh eval / train, two ratios
