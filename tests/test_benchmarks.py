@@ -12,6 +12,16 @@ import pytest
 BENCH = pathlib.Path(__file__).resolve().parents[1] / "benchmarks"
 
 
+def common():
+    """benchmarks/common.py as a module (the scripts import it from their own folder)."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        import common as module
+    finally:
+        sys.path.remove(str(BENCH))
+    return module
+
+
 def bench(*args):
     out = subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True, timeout=600, cwd=BENCH)
     assert out.returncode == 0, out.stdout + out.stderr
@@ -46,11 +56,8 @@ def test_bench_operators_pairs_ratios_round_by_round():
 
 
 def test_paired_ratios_and_round_times():
-    sys.path.insert(0, str(BENCH))
-    try:
-        from common import paired_ratios, round_times
-    finally:
-        sys.path.remove(str(BENCH))
+    c = common()
+    paired_ratios, round_times = c.paired_ratios, c.round_times
     # round by round: 2/1, 4/2, 9/3 -> median 2, min 2, max 3 (the ratio of the medians would be 2)
     assert paired_ratios([2.0, 4.0, 9.0], [1.0, 2.0, 3.0]) == (2.0, 2.0, 3.0)
     # rounds one of the two did not run are left out
@@ -74,12 +81,10 @@ def test_bench_operators_reports_time_in_products_and_tanh():
 
 
 def test_profiled_ms_counts_each_set_of_ops_apart():
-    sys.path.insert(0, str(BENCH))
-    try:
-        from common import ACTIVATION_OPS, MATMUL_OPS, profiled_ms
-    finally:
-        sys.path.remove(str(BENCH))
     import torch
+
+    c = common()
+    ACTIVATION_OPS, MATMUL_OPS, profiled_ms = c.ACTIVATION_OPS, c.MATMUL_OPS, c.profiled_ms
 
     a = torch.randn(256, 256)
     cpu = torch.device("cpu")
