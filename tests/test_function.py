@@ -260,6 +260,10 @@ GRADCHECK_NETS = {  # d, layers: plain, two activations in a row (a pending scal
                                   torch.nn.Linear(4, 4), torch.nn.Softplus(), torch.nn.Linear(4, 5)]),
     # one tanh whose σ' scales nothing: its backward gets g_t and g_t″ without g_t′ (the Laplacian)
     "one hidden layer": (3, lambda: [torch.nn.Linear(3, 5), torch.nn.Tanh(), torch.nn.Linear(5, 3)]),
+    # the divergence meets formed tangents (two hidden Linears) and deferred adjoints (one)
+    "three hidden Linears": (3, lambda: [torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 4), torch.nn.SiLU(),
+                                         torch.nn.Linear(4, 4), torch.nn.Tanh(), torch.nn.Linear(4, 4), torch.nn.Sigmoid(),
+                                         torch.nn.Linear(4, 3)]),
 }
 
 

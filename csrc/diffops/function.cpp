@@ -1,6 +1,8 @@
 #include "diffops/function.h"
 
 #include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
 #include <torch/csrc/autograd/custom_function.h>
 
 #include <cmath>
@@ -173,17 +175,79 @@ at::Tensor cached_empty(at::IntArrayRef sizes, const at::TensorOptions& options)
       p, sizes, [bytes](void* q) { block_cache().give(q, bytes); }, options);
 }
 
+// Whether the CPU loops below take these tensors: CPU, float or double, contiguous, and the same dtype.
+bool loops_on_cpu(std::initializer_list<at::Tensor> tensors) {
+  const auto dtype = tensors.begin()->scalar_type();
+  for (const auto& t : tensors)
+    if (!t.is_cpu() || t.scalar_type() != dtype || !t.is_contiguous() ||
+        (dtype != at::kFloat && dtype != at::kDouble))
+      return false;
+  return true;
+}
+
+// Σ_i A[n, i, :] ⊙ B[n, i, :] (or B[i, :], shared by every point) into (N, w), for contiguous CPU
+// tensors: one pass over A and B per point, the (w,) accumulator in L1. ATen's r in-place
+// multiply-adds read and write the whole (N, w) accumulator r times, each over a strided slice;
+// this is 2x faster on 2 cores. The sum runs in the same order (i = 0, 1, ...). With `scale`
+// (N, w), A is then scaled in place, A[n, i, :] ⊙= scale[n, :], in the same pass.
+template <typename T, bool Scale>
+void tangent_dot_rows(T* A, const T* B, const T* scale, T* out, int64_t n, int64_t r, int64_t w,
+                      bool shared) {
+  const int64_t grain = std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(1, r * w));
+  at::parallel_for(0, n, grain, [&](int64_t start, int64_t end) {
+    for (int64_t p = start; p < end; ++p) {
+      T* __restrict__ ap = A + p * r * w;
+      const T* __restrict__ bp = shared ? B : B + p * r * w;
+      const T* __restrict__ sp = Scale ? scale + p * w : nullptr;
+      T* __restrict__ op = out + p * w;
+      for (int64_t l = 0; l < w; ++l) {
+        op[l] = ap[l] * bp[l];
+        if constexpr (Scale) ap[l] *= sp[l];
+      }
+      for (int64_t i = 1; i < r; ++i) {
+        for (int64_t l = 0; l < w; ++l) {
+          op[l] += ap[i * w + l] * bp[i * w + l];
+          if constexpr (Scale) ap[i * w + l] *= sp[l];
+        }
+      }
+    }
+  });
+}
+
+at::Tensor tangent_dot_cpu(const at::Tensor& A, const at::Tensor& B, const at::Tensor& scale) {
+  const int64_t n = A.size(0), r = A.size(1), w = A.size(2);
+  auto out = at::empty({n, w}, A.options());
+  TORCH_INTERNAL_ASSERT(!scale.defined() || A.const_data_ptr() != B.const_data_ptr());
+  AT_DISPATCH_FLOATING_TYPES(A.scalar_type(), "tangent_dot_cpu", [&] {
+    // A is written only with a scale (then the caller owns it)
+    auto* a = const_cast<scalar_t*>(A.const_data_ptr<scalar_t>());
+    const auto* b = B.const_data_ptr<scalar_t>();
+    auto* o = out.mutable_data_ptr<scalar_t>();
+    if (scale.defined())
+      tangent_dot_rows<scalar_t, true>(a, b, scale.const_data_ptr<scalar_t>(), o, n, r, w, B.dim() == 2);
+    else
+      tangent_dot_rows<scalar_t, false>(a, b, nullptr, o, n, r, w, B.dim() == 2);
+  });
+  return out;
+}
+
 // Σ_i A[:, i, :] ⊙ B_i of tangents A (N, r, w) and B (N, r, w), or (r, w) shared by every point,
-// as r in-place multiply-adds into one (N, w) accumulator: one read of A and B, no (N, r, w)
-// temporary. Each fresh multi-MiB tensor costs a page fault per 4 KiB page on first touch (glibc
-// maps them afresh), which made (A * B).sum(1) 2-7x slower than this on a 2-core CPU. Not
+// (N, w), with no (N, r, w) temporary: each fresh multi-MiB tensor costs a page fault per 4 KiB
+// page on first touch (glibc maps them afresh), which made (A * B).sum(1) 2-7x slower than this on
+// a 2-core CPU. On a CPU (float, double, contiguous) one loop per point (tangent_dot_cpu), else r
+// in-place multiply-adds into one (N, w) accumulator. With `scale` (N, w), A (a tensor the caller
+// owns, not aliasing B) is then scaled in place, A ⊙= scale, in the same pass on a CPU. Not
 // recorded by autograd (TangentDot is its differentiable form).
-at::Tensor dot_over_tangents(const at::Tensor& A, const at::Tensor& B) {
+at::Tensor dot_over_tangents(const at::Tensor& A, const at::Tensor& B,
+                             const at::Tensor& scale = at::Tensor()) {
   at::NoGradGuard no_grad;
   const int64_t axis = B.dim() == 2 ? 0 : 1;
   if (A.size(1) == 0) return at::zeros({A.size(0), A.size(2)}, A.options());
+  if (scale.defined() ? loops_on_cpu({A, B, scale}) : loops_on_cpu({A, B}))
+    return tangent_dot_cpu(A, B, scale);
   auto acc = A.select(1, 0) * B.select(axis, 0);
   for (int64_t i = 1; i < A.size(1); ++i) acc.addcmul_(A.select(1, i), B.select(axis, i));
+  if (scale.defined()) A.mul_(scale.unsqueeze(1));
   return acc;
 }
 
@@ -369,10 +433,16 @@ struct ScaledProduct : torch::autograd::Function<ScaledProduct> {
         auto rows = gJa.view({-1, J.size(2)});
         at::mm_out(rows, g.reshape({-1, g.size(2)}), Wt.t());
       }
-      if (ctx->needs_input_grad(1))
-        ga = at::GradMode::is_enabled() ? (gJa * J).sum(1) : dot_over_tangents(gJa, J);
-      if (ctx->needs_input_grad(0))  // in place unless gJa is kept by a recorded backward
-        gJ = at::GradMode::is_enabled() ? gJa * a.unsqueeze(1) : gJa.mul_(a.unsqueeze(1));
+      const bool need_J = ctx->needs_input_grad(0), need_a = ctx->needs_input_grad(1);
+      if (at::GradMode::is_enabled()) {  // recorded: out of place, gJa is kept
+        if (need_a) ga = (gJa * J).sum(1);
+        if (need_J) gJ = gJa * a.unsqueeze(1);
+      } else if (need_a) {  // ga, and gJ = gJa ⊙ a in place in the same pass
+        ga = dot_over_tangents(gJa, J, need_J ? a : at::Tensor());
+        if (need_J) gJ = gJa;
+      } else if (need_J) {
+        gJ = gJa.mul_(a.unsqueeze(1));
+      }
     }
     if (ctx->needs_input_grad(2)) {
       if (at::GradMode::is_enabled()) {  // recorded: differentiable ATen ops
@@ -427,15 +497,153 @@ at::Tensor tangent_product(const at::Tensor& J, const at::Tensor& a, const at::T
   return recorded({J, a, Wt}) ? ScaledProduct::apply(J, a, Wt)[0] : scaled_product(J, a, Wt);
 }
 
+// The divergence's meeting trace when the adjoint side is still deferred: with tangents K
+// (N, r, w) (a core, or a_K @ P_K formed here) and the adjoints L = b @ P (b (N, w_in),
+// P (w_in, r·w)) never formed,
+//   t[n] = Σ_{i,l} K[n, i, l] s[n, l] L[n, i, l] = Σ_m b[n, m] G[n, m],   G = (K ⊙ s) Pᵀ,
+// one (N, r·w) @ (r·w, w_in) product in place of forming L (the same arithmetic) and tracing
+// K ⊙ L: no second (N, r, w) tensor is written and read back, and the trace is a product. s (N, w)
+// is the pending σ' between them (undefined: 1). Returns t and, with `keep`, K (formed), E = K ⊙ s
+// and G for the backward. Not recorded (MeetTrace is its differentiable form).
+struct MeetInputs {
+  at::Tensor K0, K1;  // K: the core (N, r, w) and no K1, or K0 @ K1 with K0 (N, w_in), K1 (w_in, r·w)
+  at::Tensor b, P;    // the deferred adjoints b @ P
+  at::Tensor s;       // (N, w) or undefined
+  int64_t r = 0;
+  int64_t n() const { return b.size(0); }
+  int64_t w() const { return P.size(1) / r; }
+  // K, (N, r·w): formed (into a cached block) when deferred.
+  at::Tensor K() const {
+    return K1.defined() ? shared_product_kernel(K0, K1) : K0.reshape({n(), -1});
+  }
+  // K ⊙ s, (N, r·w); in place into K when `in_place` (K a temporary).
+  at::Tensor scaled(const at::Tensor& K, bool in_place) const {
+    if (!s.defined()) return K;
+    auto K3 = K.view({n(), r, w()});
+    const auto s3 = s.unsqueeze(1);
+    if (in_place) return K3.mul_(s3).view({n(), -1});
+    auto out = cached_empty(K.sizes(), K.options());
+    auto out3 = out.view({n(), r, w()});
+    at::mul_out(out3, K3, s3);
+    return out;
+  }
+};
+
+std::array<at::Tensor, 4> meet_kernel(const MeetInputs& in, bool keep) {
+  at::NoGradGuard no_grad;
+  auto K = in.K();
+  auto E = in.scaled(K, !keep && in.K1.defined());
+  auto G = at::mm(E, in.P.t());  // (N, w_in)
+  auto t = (keep ? G * in.b : G.mul_(in.b)).sum(-1);
+  if (!keep) return {t};
+  return {t, K, E, G};
+}
+
+// The gradients of the trace for an incoming g (N,), with gG = g b:
+//   gb = g G,   gP = gGᵀ (K ⊙ s),   gE = gG P (N, r·w),   gs = Σ_i gE ⊙ K,   gK = gE ⊙ s,
+// and for a deferred K: gK0 = gK K1ᵀ, gK1 = K0ᵀ gK. `need`: K0, K1, b, P, s. Not recorded.
+std::array<at::Tensor, 5> meet_backward_kernel(const MeetInputs& in, const at::Tensor& K,
+                                               const at::Tensor& E, const at::Tensor& G,
+                                               const at::Tensor& g,
+                                               const std::array<bool, 5>& need) {
+  at::NoGradGuard no_grad;
+  std::array<at::Tensor, 5> out;
+  const auto g1 = g.unsqueeze(1);
+  if (need[2]) out[2] = G * g1;
+  if (!need[0] && !need[1] && !need[3] && !need[4]) return out;
+  const auto gG = in.b * g1;  // (N, w_in)
+  if (need[3]) out[3] = at::mm(gG.t(), E);
+  if (!need[0] && !need[1] && !need[4]) return out;
+  auto gE = shared_product_kernel(gG, in.P);  // (N, r·w)
+  const auto gE3 = gE.view({in.n(), in.r, in.w()});
+  const bool gK = need[0] || need[1];
+  if (need[4])  // gs, and gK = gE ⊙ s in the same pass
+    out[4] = dot_over_tangents(gE3, K.view({in.n(), in.r, in.w()}), gK ? in.s : at::Tensor());
+  else if (gK && in.s.defined())
+    gE3.mul_(in.s.unsqueeze(1));
+  if (!gK) return out;
+  if (!in.K1.defined()) {
+    if (need[0]) out[0] = gE3;
+  } else {
+    if (need[0]) out[0] = at::mm(gE, in.K1.t());
+    if (need[1]) out[1] = at::mm(in.K0.t(), gE);
+  }
+  return out;
+}
+
+// meet_kernel, differentiable. Inputs: K0, K1 (none: K0 is the core), b, P, s (none: 1); r the
+// number of tangents. Absent inputs are optional (autograd takes no undefined tensor as an input)
+// and have no edge, so needs_input_grad counts the present ones only. The recorded backward
+// (create_graph) is the same formulas in out-of-place ATen ops, differentiable again.
+struct MeetTrace : torch::autograd::Function<MeetTrace> {
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& K0,
+                               const std::optional<at::Tensor>& K1, const at::Tensor& b,
+                               const at::Tensor& P, const std::optional<at::Tensor>& s, int64_t r) {
+    ctx->set_materialize_grads(false);
+    MeetInputs in{K0, K1.value_or(at::Tensor()), b, P, s.value_or(at::Tensor()), r};
+    auto [t, K, E, G] = meet_kernel(in, true);
+    ctx->save_for_backward({in.K0, in.K1, b, P, in.s, K, E, G});
+    ctx->saved_data["r"] = r;
+    return {t};
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto& g = grads[0];
+    if (!g.defined()) return variable_list(6);
+    auto v = ctx->get_saved_variables();
+    const MeetInputs in{v[0], v[1], v[2], v[3], v[4], ctx->saved_data["r"].toInt()};
+    std::array<bool, 5> need{};
+    for (size_t k = 0, edge = 0; k < need.size(); ++k)
+      need[k] = v[k].defined() && ctx->needs_input_grad(edge++);
+    std::array<at::Tensor, 5> out;
+    if (at::GradMode::is_enabled()) {  // recorded: out of place, from the inputs (not the saved K, G)
+      const auto n = in.n(), r = in.r, w = in.w();
+      const auto K = in.K1.defined() ? at::mm(in.K0, in.K1) : in.K0.reshape({n, -1});
+      const auto E = in.s.defined() ? (K.view({n, r, w}) * in.s.unsqueeze(1)).reshape({n, -1}) : K;
+      const auto g1 = g.unsqueeze(1);
+      if (need[2]) out[2] = at::mm(E, in.P.t()) * g1;
+      const auto gG = in.b * g1;
+      if (need[3]) out[3] = at::mm(gG.t(), E);
+      if (need[0] || need[1] || need[4]) {
+        const auto gE = at::mm(gG, in.P).view({n, r, w});
+        if (need[4]) out[4] = (gE * K.view({n, r, w})).sum(1);
+        const auto gK = in.s.defined() ? gE * in.s.unsqueeze(1) : gE;
+        if (!in.K1.defined()) {
+          if (need[0]) out[0] = gK.view(in.K0.sizes());
+        } else {
+          if (need[0]) out[0] = at::mm(gK.reshape({n, -1}), in.K1.t());
+          if (need[1]) out[1] = at::mm(in.K0.t(), gK.reshape({n, -1}));
+        }
+      }
+    } else {
+      out = meet_backward_kernel(in, v[5], v[6], v[7], g, need);
+      if (out[0].defined() && !in.K1.defined()) out[0] = out[0].view(in.K0.sizes());
+    }
+    return {out[0], out[1], out[2], out[3], out[4], at::Tensor()};
+  }
+};
+
 // The tangents of every point: J = Q · core · diag(scale), where the core is `shared` (r, w), the
 // same for all points, or `batched` (N, r, w); scale (N, w) is a pending per-point column scale
 // (the activations' σ' since the last Linear; undefined: none), applied inside the next product.
 // Q (d, r) has orthonormal columns, or is undefined (the identity, r = d).
 struct Tangents {
-  at::Tensor core;   // (r, w) or (N, r, w)
+  at::Tensor core;   // (r, w) or (N, r, w); undefined while deferred
   at::Tensor scale;  // (N, w) or undefined
   at::Tensor Q;      // (d, r) or undefined
   bool shared = true;
+  // With `defer` (the divergence), the product that makes a shared core batched is kept as
+  // core = left @ right, (N, w) @ (w, r·w'), and formed only where it is used: meet_trace takes
+  // the adjoints' through a product instead (MeetTrace), every other use forms it (form()).
+  bool defer = false;
+  at::Tensor left, right;
+  int64_t rows = 0;  // r, while deferred
+
+  bool deferred() const { return right.defined(); }
+  void form(int64_t n) {
+    if (!deferred()) return;
+    core = shared_product(left, right).view({n, rows, right.size(1) / rows});
+    left = right = at::Tensor();
+  }
 
   // Through an activation with a = σ'(h): with `squares`, returns Σ_i J_i² per point and unit,
   // (N, w), or (w,) for a shared core without scale (invariant under Q); with `keep`, sets
@@ -443,6 +651,7 @@ struct Tangents {
   at::Tensor activation(const at::Tensor& a, bool keep, bool squares) {
     at::Tensor sums;
     if (squares) {
+      form(a.size(0));
       if (shared)
         sums = (core * core).sum(0);
       else
@@ -455,6 +664,7 @@ struct Tangents {
   // J ← J Wᵀ. A shared core with a pending scale a becomes batched in one product:
   // (core · diag(a_n) · Wᵀ)[i, l] = Σ_j a_n[j] core[i, j] Wᵀ[j, l], i.e. a (N, w) @ P (w, r·w').
   void linear(const at::Tensor& Wt, int64_t n) {
+    form(n);
     const auto r = core.size(-2), out = Wt.size(1);
     if (!shared) {
       core = scale.defined() ? tangent_product(core, scale, Wt) : at::matmul(core, Wt);
@@ -464,7 +674,14 @@ struct Tangents {
       // P[j, (i, l)] = core[i, j] Wᵀ[j, l], (w, r·w'): built in its final layout when Wt is a
       // transposed weight (the tangents); the adjoints' W needs a copy of this small matrix
       auto P = (core.t().unsqueeze(2) * Wt.unsqueeze(1)).reshape({Wt.size(0), r * out});
-      core = shared_product(scale, P).view({n, r, out});
+      if (defer) {
+        left = scale;
+        right = P;
+        rows = r;
+        core = at::Tensor();
+      } else {
+        core = shared_product(scale, P).view({n, r, out});
+      }
       shared = false;
     }
     scale = at::Tensor();
@@ -473,6 +690,7 @@ struct Tangents {
   // term T diag(c_j) Tᵀ of every point and output component, (N, m, r, r). A shared core takes one
   // (N·m, w) @ (w, r·r) product.
   at::Tensor curvature(const at::Tensor& c, int64_t n) const {
+    TORCH_INTERNAL_ASSERT(!deferred(), "curvature of deferred tangents");
     const auto r = core.size(-2), w = core.size(-1), m = c.size(1);
     const auto cs = scale.defined() ? c * (scale * scale).unsqueeze(1) : c;  // (N, m, w)
     if (shared) {
@@ -482,7 +700,8 @@ struct Tangents {
     return at::matmul(core.unsqueeze(1) * cs.unsqueeze(2), core.transpose(1, 2).unsqueeze(1));
   }
   // The tangents of every point, Q omitted: core · diag(scale), (N, r, w).
-  at::Tensor batched(int64_t n) const {
+  at::Tensor batched(int64_t n) {
+    form(n);
     if (!shared) return scale.defined() ? core * scale.unsqueeze(1) : core;
     if (scale.defined()) return scale.unsqueeze(1) * core.unsqueeze(0);
     return core.unsqueeze(0).expand({n, core.size(0), core.size(1)});
@@ -492,10 +711,27 @@ struct Tangents {
 // Σ_{i,l} F[n, i, l] B[n, i, l] per point (N,) for F = F.core · diag(F.scale) and
 // B = B.core · diag(B.scale) in the same basis: tr(B_k F_k), the divergence where the tangents
 // coming forward meet the adjoints going back (value_and_derivative), with no product formed.
-at::Tensor meet_trace(const Tangents& F, const Tangents& B, int64_t n) {
+// When both sides are batched over the points and one is still deferred, MeetTrace never forms
+// that one.
+at::Tensor meet_trace(Tangents& F, Tangents& B, int64_t n) {
   const auto scale = !F.scale.defined() ? B.scale
                      : B.scale.defined() ? F.scale * B.scale
                                          : F.scale;
+  if (!F.shared && !B.shared && (F.deferred() || B.deferred())) {
+    // the deferred side is traced by its product, the other one formed (MeetTrace)
+    auto& L = B.deferred() ? B : F;
+    auto& K = B.deferred() ? F : B;
+    const auto r = L.rows;
+    MeetInputs in{K.deferred() ? K.left : K.core, K.deferred() ? K.right : at::Tensor(),
+                  L.left, L.right, scale, r};
+    if (recorded({in.K0, in.K1, in.b, in.P, in.s})) {
+      auto opt = [](const at::Tensor& t) { return t.defined() ? std::optional(t) : std::nullopt; };
+      return MeetTrace::apply(in.K0, opt(in.K1), in.b, in.P, opt(in.s), r)[0];
+    }
+    return meet_kernel(in, false)[0];
+  }
+  F.form(n);
+  B.form(n);
   if (F.shared && B.shared) {
     auto c = (F.core * B.core).sum(0);  // (w,)
     return scale.defined() ? at::mv(scale, c) : c.sum().expand({n});
@@ -576,6 +812,7 @@ std::tuple<at::Tensor, at::Tensor> value_and_derivative(const std::string& op_na
   }
   const bool reduce = reduces(d, mlp);
   Tangents J;  // J = I (d, d) until the first Linear sets Wᵀ; materialised only if an activation comes first
+  J.defer = op_name == "divergence";
   if (mlp.empty() || mlp.front().kind != "linear") J.core = at::eye(d, x.options());
   at::Tensor L;  // (N, width), undefined while zero
   // the Hessian: per activation, the tangents before it and σ', σ'' (an adjoint pass follows)
@@ -683,6 +920,7 @@ std::tuple<at::Tensor, at::Tensor> value_and_derivative(const std::string& op_na
     // Adjoints in the tangents' basis, Qᵀ B_k = core · diag(scale) (r, w_k): from Qᵀ W at the
     // last Linear down to `meet`, through the same Tangents steps (B ← B diag(σ'), B ← B W).
     Tangents B;
+    B.defer = true;
     for (size_t k = mlp.size(); k-- > meet;) {
       const auto& step = mlp[k];
       if (step.kind != "linear")

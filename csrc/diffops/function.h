@@ -47,7 +47,8 @@ const std::vector<std::string>& forward_laplacian_activations();
 ///   "jacobian"   ∂u_i/∂x_j, batch + (m, d)         (carries d tangents per point)
 ///   "divergence" Σ_i ∂u_i/∂x_i, batch; needs m = d  (d tangents forward through the first half
 ///                of the hidden Linears, d adjoints back from the last Linear through the rest,
-///                tr(B F) where they meet: both ends are shared by every point)
+///                tr(B F) where they meet: both ends are shared by every point; the adjoints'
+///                first product, B = b P, is never formed: tr(B F) = Σ b ⊙ ((F ⊙ σ') Pᵀ))
 ///   "laplacian"  Δu_i, batch + (m,)                 (d tangents + 1 collapsed second order)
 ///   "hessian"    ∂²u_i/∂x_j∂x_k, batch + (m, d, d)  (d tangents forward, m adjoints back:
 ///                H_i = Σ over activation units of (∂u_i/∂σ) σ'' (∂z/∂x)(∂z/∂x)ᵀ)
