@@ -3,6 +3,8 @@
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
+#include <c10/core/impl/TorchDispatchModeTLS.h>
 #include <torch/csrc/autograd/custom_function.h>
 
 #include <cmath>
@@ -165,21 +167,35 @@ BlockCache& block_cache() {
   return *cache;
 }
 
-// at::empty, on a CPU from the block cache for tensors of 1 MiB and more.
-at::Tensor cached_empty(at::IntArrayRef sizes, const at::TensorOptions& options) {
-  const auto bytes = static_cast<size_t>(c10::multiply_integers(sizes)) *
-                     c10::elementSize(c10::typeMetaToScalarType(options.dtype()));
-  if (!options.device().is_cpu() || bytes < (size_t{1} << 20)) return at::empty(sizes, options);
+// Whether t is an ordinary CPU tensor with memory behind it, which our own blocks and loops may
+// serve: not a fake or functional tensor of a tracer (torch.compile runs the kernels on those to
+// learn the shapes), not batched by vmap, and no Python dispatch mode active.
+bool plain_cpu(const at::Tensor& t) {
+  static const c10::DispatchKeySet traced({c10::DispatchKey::Python, c10::DispatchKey::PythonTLSSnapshot,
+                                           c10::DispatchKey::Functionalize, c10::DispatchKey::FuncTorchBatched,
+                                           c10::DispatchKey::FuncTorchGradWrapper});
+  return t.is_cpu() && !t.key_set().has_any(traced) &&
+         !c10::impl::tls_local_dispatch_key_set().included_.has_any(traced) &&
+         !c10::impl::TorchDispatchModeTLS::any_modes_set();
+}
+
+// An uninitialised tensor of `like`'s dtype and device: for an ordinary CPU tensor of 1 MiB and
+// more from the block cache, else at::empty.
+at::Tensor cached_empty(at::IntArrayRef sizes, const at::Tensor& like) {
+  const auto options = like.options();
+  const auto bytes = static_cast<size_t>(c10::multiply_integers(sizes)) * like.element_size();
+  if (bytes < (size_t{1} << 20) || !plain_cpu(like)) return at::empty(sizes, options);
   void* p = block_cache().take(bytes);
   return at::from_blob(
       p, sizes, [bytes](void* q) { block_cache().give(q, bytes); }, options);
 }
 
-// Whether the CPU loops below take these tensors: CPU, float or double, contiguous, and the same dtype.
+// Whether the CPU loops below take these tensors: ordinary CPU tensors (plain_cpu), float or
+// double, contiguous, and the same dtype.
 bool loops_on_cpu(std::initializer_list<at::Tensor> tensors) {
   const auto dtype = tensors.begin()->scalar_type();
   for (const auto& t : tensors)
-    if (!t.is_cpu() || t.scalar_type() != dtype || !t.is_contiguous() ||
+    if (!plain_cpu(t) || t.scalar_type() != dtype || !t.is_contiguous() ||
         (dtype != at::kFloat && dtype != at::kDouble))
       return false;
   return true;
@@ -281,7 +297,7 @@ void for_scaled_chunks(const at::Tensor& J, const at::Tensor& a, Fn fn) {
 at::Tensor scaled_product(const at::Tensor& J, const at::Tensor& a, const at::Tensor& Wt) {
   at::NoGradGuard no_grad;
   const auto n = J.size(0), r = J.size(1), w = J.size(2);
-  auto out = cached_empty({n, r, Wt.size(1)}, J.options());
+  auto out = cached_empty({n, r, Wt.size(1)}, J);
   auto rows = out.view({n * r, Wt.size(1)});
   for_scaled_chunks(J, a, [&](int64_t s, int64_t e, const at::Tensor& scaled) {
     auto target = rows.slice(0, s * r, e * r);
@@ -315,7 +331,7 @@ at::Tensor point_sum(const at::Tensor& g, const at::Tensor& A) {
 // records (then the plain, differentiable product).
 at::Tensor product_like(const at::Tensor& like, const at::Tensor& a, const at::Tensor& b) {
   if (at::GradMode::is_enabled()) return a * b;
-  auto out = cached_empty(like.sizes(), like.options());
+  auto out = cached_empty(like.sizes(), like);
   return at::mul_out(out, a, b);
 }
 
@@ -429,7 +445,7 @@ struct ScaledProduct : torch::autograd::Function<ScaledProduct> {
       if (at::GradMode::is_enabled()) {
         gJa = at::matmul(g, Wt.t());
       } else {
-        gJa = cached_empty(J.sizes(), J.options());
+        gJa = cached_empty(J.sizes(), J);
         auto rows = gJa.view({-1, J.size(2)});
         at::mm_out(rows, g.reshape({-1, g.size(2)}), Wt.t());
       }
@@ -460,7 +476,7 @@ struct ScaledProduct : torch::autograd::Function<ScaledProduct> {
 // point (Tangents::linear), into a cached block. Its backward is the plain one.
 at::Tensor shared_product_kernel(const at::Tensor& a, const at::Tensor& P) {
   at::NoGradGuard no_grad;
-  auto out = cached_empty({a.size(0), P.size(1)}, a.options());
+  auto out = cached_empty({a.size(0), P.size(1)}, a);
   return at::mm_out(out, a, P);
 }
 
@@ -522,7 +538,7 @@ struct MeetInputs {
     auto K3 = K.view({n(), r, w()});
     const auto s3 = s.unsqueeze(1);
     if (in_place) return K3.mul_(s3).view({n(), -1});
-    auto out = cached_empty(K.sizes(), K.options());
+    auto out = cached_empty(K.sizes(), K);
     auto out3 = out.view({n(), r, w()});
     at::mul_out(out3, K3, s3);
     return out;
