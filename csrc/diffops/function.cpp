@@ -247,6 +247,46 @@ at::Tensor tangent_dot_cpu(const at::Tensor& A, const at::Tensor& B, const at::T
   return out;
 }
 
+// The backward of one Laplacian step through an activation, in one pass per point (CPU, float,
+// double, contiguous): with G = ∂/∂(J ⊙ a) of the next Linear's product, (N, r, w), in place
+//   ga = Σ_i G_i ⊙ J_i,   G ← G ⊙ a + 2 gS ⊙ J   (= ∂/∂J, with gS the squares' gradient, or 0).
+// ATen takes four passes over the (N, r, w) tensors for this (the scale, 2 gS ⊙ J, their sum,
+// and ga). gS and ga may be undefined.
+void step_backward_cpu(const at::Tensor& G, const at::Tensor& J, const at::Tensor& a,
+                       const at::Tensor& gS, const at::Tensor& ga) {
+  const int64_t n = G.size(0), r = G.size(1), w = G.size(2);
+  AT_DISPATCH_FLOATING_TYPES(G.scalar_type(), "step_backward_cpu", [&] {
+    auto* g = G.mutable_data_ptr<scalar_t>();
+    const auto* j = J.const_data_ptr<scalar_t>();
+    const auto* av = a.const_data_ptr<scalar_t>();
+    const auto* sv = gS.defined() ? gS.const_data_ptr<scalar_t>() : nullptr;
+    auto* gav = ga.defined() ? ga.mutable_data_ptr<scalar_t>() : nullptr;
+    const int64_t grain = std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(1, r * w));
+    at::parallel_for(0, n, grain, [&](int64_t start, int64_t end) {
+      for (int64_t p = start; p < end; ++p) {
+        scalar_t* __restrict__ gp = g + p * r * w;
+        const scalar_t* __restrict__ jp = j + p * r * w;
+        const scalar_t* __restrict__ ap = av + p * w;
+        if (gav != nullptr) {
+          scalar_t* __restrict__ op = gav + p * w;
+          for (int64_t l = 0; l < w; ++l) op[l] = gp[l] * jp[l];
+          for (int64_t i = 1; i < r; ++i)
+            for (int64_t l = 0; l < w; ++l) op[l] += gp[i * w + l] * jp[i * w + l];
+        }
+        if (sv != nullptr) {
+          const scalar_t* __restrict__ sp = sv + p * w;
+          for (int64_t i = 0; i < r; ++i)
+            for (int64_t l = 0; l < w; ++l)
+              gp[i * w + l] = gp[i * w + l] * ap[l] + 2 * sp[l] * jp[i * w + l];
+        } else {
+          for (int64_t i = 0; i < r; ++i)
+            for (int64_t l = 0; l < w; ++l) gp[i * w + l] *= ap[l];
+        }
+      }
+    });
+  });
+}
+
 // Σ_i A[:, i, :] ⊙ B_i of tangents A (N, r, w) and B (N, r, w), or (r, w) shared by every point,
 // (N, w), with no (N, r, w) temporary: each fresh multi-MiB tensor costs a page fault per 4 KiB
 // page on first touch (glibc maps them afresh), which made (A * B).sum(1) 2-7x slower than this on
@@ -511,6 +551,71 @@ at::Tensor tangent_dot(const at::Tensor& A, const at::Tensor& B) {
 }
 at::Tensor tangent_product(const at::Tensor& J, const at::Tensor& a, const at::Tensor& Wt) {
   return recorded({J, a, Wt}) ? ScaledProduct::apply(J, a, Wt)[0] : scaled_product(J, a, Wt);
+}
+
+// One Laplacian step of batched tangents J (N, r, w) through an activation with σ' = a (N, w) and
+// on through the next Linear (Wt = Wᵀ): the squares S = Σ_i J_i² (N, w) and the next tangents
+// (J ⊙ a) Wᵀ (ScaledProduct), as one autograd node, so that the backward takes J's gradient from
+// both in one pass, ∂/∂J = (g Wt ⊙ a) + 2 g_S ⊙ J, with ga in the same pass (step_backward_cpu):
+// autograd's two nodes took four passes over (N, r, w) for it and a fifth to add the two halves.
+// The recorded backward (create_graph) is ATen ops, differentiable again.
+struct SquaresAndProduct : torch::autograd::Function<SquaresAndProduct> {
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& J, const at::Tensor& a,
+                               const at::Tensor& Wt) {
+    ctx->set_materialize_grads(false);
+    ctx->save_for_backward({J, a, Wt});
+    return {dot_over_tangents(J, J), scaled_product(J, a, Wt)};
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto &gS = grads[0], &gN = grads[1];  // (N, w), (N, r, w')
+    auto saved = ctx->get_saved_variables();
+    const auto &J = saved[0], &a = saved[1], &Wt = saved[2];
+    const bool need_J = ctx->needs_input_grad(0), need_a = ctx->needs_input_grad(1);
+    at::Tensor gJ, ga, gWt;
+    if (at::GradMode::is_enabled()) {  // recorded: out of place
+      if (gN.defined()) {
+        auto gJa = at::matmul(gN, Wt.t());
+        if (need_a) ga = (gJa * J).sum(1);
+        if (need_J) gJ = gJa * a.unsqueeze(1);
+        if (ctx->needs_input_grad(2))
+          gWt = at::mm((J * a.unsqueeze(1)).reshape({-1, J.size(2)}).t(), gN.reshape({-1, gN.size(2)}));
+      }
+      if (gS.defined() && need_J) {
+        auto term = 2 * gS.unsqueeze(1) * J;
+        gJ = gJ.defined() ? gJ + term : term;
+      }
+      return {gJ, ga, gWt};
+    }
+    if (!gN.defined()) {  // only the squares are used
+      if (gS.defined() && need_J) gJ = product_like(J, J, 2 * gS.unsqueeze(1));
+      return {gJ, ga, gWt};
+    }
+    if (need_J || need_a) {
+      auto gJa = cached_empty(J.sizes(), J);  // ∂/∂(J ⊙ a), then ∂/∂J in place
+      auto rows = gJa.view({-1, J.size(2)});
+      at::mm_out(rows, gN.reshape({-1, gN.size(2)}), Wt.t());
+      if (need_a) ga = at::empty_like(a);
+      const auto gs = gS.defined() ? gS : at::Tensor();
+      if (loops_on_cpu({gJa, J, a}) && (!gs.defined() || loops_on_cpu({gJa, gs}))) {
+        step_backward_cpu(gJa, J, a, gs, ga);
+      } else {
+        if (need_a) ga = dot_over_tangents(gJa, J);
+        gJa.mul_(a.unsqueeze(1));
+        if (gs.defined()) gJa.add_(J * (2 * gs.unsqueeze(1)));
+      }
+      if (need_J) gJ = gJa;
+    }
+    if (ctx->needs_input_grad(2)) gWt = scaled_gram(J, a, gN);
+    return {gJ, ga, gWt};
+  }
+};
+
+// (Σ_i J_i², (J ⊙ a) Wᵀ) for batched tangents J: SquaresAndProduct where autograd records.
+std::pair<at::Tensor, at::Tensor> squares_and_product(const at::Tensor& J, const at::Tensor& a,
+                                                      const at::Tensor& Wt) {
+  if (!recorded({J, a, Wt})) return {dot_over_tangents(J, J), scaled_product(J, a, Wt)};
+  auto out = SquaresAndProduct::apply(J, a, Wt);
+  return {out[0], out[1]};
 }
 
 // The divergence's meeting trace when the adjoint side is still deferred: with tangents K
@@ -841,6 +946,7 @@ std::tuple<at::Tensor, at::Tensor> value_and_derivative(const std::string& op_na
   // rest (meet_point), which need the σ' of the activations there.
   const size_t meet = op_name == "divergence" ? meet_point(mlp) : mlp.size();
   std::vector<at::Tensor> slopes(mlp.size());
+  bool fused = false;  // the tangents went through the next Linear already (SquaresAndProduct)
   for (size_t k = 0; k < mlp.size(); ++k) {
     const auto& step = mlp[k];
     if (step.kind == "linear") {
@@ -866,6 +972,8 @@ std::tuple<at::Tensor, at::Tensor> value_and_derivative(const std::string& op_na
         } else {
           J.core = Wt;
         }
+      } else if (fused) {
+        fused = false;  // the activation before took the tangents through this Linear
       } else {
         J.linear(Wt, n);
       }
@@ -880,7 +988,18 @@ std::tuple<at::Tensor, at::Tensor> value_and_derivative(const std::string& op_na
       // the Laplacian and the Hessian use the tangents up to the last activation; the Jacobian
       // and the divergence use them after the last step, too
       const bool keep = (lap || hess) ? k + 1 < needed : true;
-      auto squares = J.activation(d1, keep, lap);
+      // The Laplacian's batched tangents through this activation and the next Linear at once
+      // (SquaresAndProduct), when that Linear's weight fits (else its step names the problem).
+      at::Tensor squares;
+      const auto* next = k + 1 < mlp.size() ? &mlp[k + 1] : nullptr;
+      fused = lap && keep && !J.shared && !J.deferred() && !J.scale.defined() && next != nullptr &&
+              next->kind == "linear" && next->weight.defined() && next->weight.dim() == 2 &&
+              next->weight.size(1) == h.size(-1) && next->weight.scalar_type() == x.scalar_type() &&
+              next->weight.device() == x.device();
+      if (fused)
+        std::tie(squares, J.core) = squares_and_product(J.core, d1, next->weight.t());
+      else
+        squares = J.activation(d1, keep, lap);
       if (lap) {
         auto curvature = d2 * squares;
         L = L.defined() ? at::addcmul(curvature, d1, L) : curvature;
