@@ -595,13 +595,12 @@ struct SquaresAndProduct : torch::autograd::Function<SquaresAndProduct> {
       auto rows = gJa.view({-1, J.size(2)});
       at::mm_out(rows, gN.reshape({-1, gN.size(2)}), Wt.t());
       if (need_a) ga = at::empty_like(a);
-      const auto gs = gS.defined() ? gS : at::Tensor();
-      if (loops_on_cpu({gJa, J, a}) && (!gs.defined() || loops_on_cpu({gJa, gs}))) {
-        step_backward_cpu(gJa, J, a, gs, ga);
+      if (loops_on_cpu({gJa, J, a}) && (!gS.defined() || loops_on_cpu({gJa, gS}))) {
+        step_backward_cpu(gJa, J, a, gS, ga);
       } else {
         if (need_a) ga = dot_over_tangents(gJa, J);
         gJa.mul_(a.unsqueeze(1));
-        if (gs.defined()) gJa.add_(J * (2 * gs.unsqueeze(1)));
+        if (gS.defined()) gJa.add_(J * (2 * gS.unsqueeze(1)));
       }
       if (need_J) gJ = gJa;
     }
