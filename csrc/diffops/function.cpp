@@ -201,90 +201,71 @@ bool loops_on_cpu(std::initializer_list<at::Tensor> tensors) {
   return true;
 }
 
+// at::parallel_for over n points of `entries` tensor entries each, about GRAIN_SIZE entries a task.
+template <typename Fn>
+void parallel_points(int64_t n, int64_t entries, const Fn& fn) {
+  at::parallel_for(0, n, std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(1, entries)),
+                   fn);
+}
+
 // Σ_i A[n, i, :] ⊙ B[n, i, :] (or B[i, :], shared by every point) into (N, w), for contiguous CPU
 // tensors: one pass over A and B per point, the (w,) accumulator in L1. ATen's r in-place
 // multiply-adds read and write the whole (N, w) accumulator r times, each over a strided slice;
 // this is 2x faster on 2 cores. The sum runs in the same order (i = 0, 1, ...). With `scale`
-// (N, w), A is then scaled in place, A[n, i, :] ⊙= scale[n, :], in the same pass.
-template <typename T, bool Scale>
-void tangent_dot_rows(T* A, const T* B, const T* scale, T* out, int64_t n, int64_t r, int64_t w,
-                      bool shared) {
-  const int64_t grain = std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(1, r * w));
-  at::parallel_for(0, n, grain, [&](int64_t start, int64_t end) {
+// (N, w), A is then rewritten in the same pass, A[n, i, :] ← A[n, i, :] ⊙ scale[n, :], plus
+// 2 gS[n, :] ⊙ B[n, i, :] with `gS` (the gradient of the squares Σ_i B_i²).
+template <typename T, bool Scale, bool Squares>
+void tangent_dot_rows(T* A, const T* B, const T* scale, const T* gS, T* out, int64_t n, int64_t r,
+                      int64_t w, bool shared) {
+  parallel_points(n, r * w, [&](int64_t start, int64_t end) {
     for (int64_t p = start; p < end; ++p) {
       T* __restrict__ ap = A + p * r * w;
       const T* __restrict__ bp = shared ? B : B + p * r * w;
       const T* __restrict__ sp = Scale ? scale + p * w : nullptr;
+      const T* __restrict__ gp = Squares ? gS + p * w : nullptr;
       T* __restrict__ op = out + p * w;
+      auto rewrite = [&](int64_t k, int64_t l) {  // A's entry k (column l), once read for the dot
+        if constexpr (Squares)
+          ap[k] = ap[k] * sp[l] + 2 * gp[l] * bp[k];
+        else if constexpr (Scale)
+          ap[k] *= sp[l];
+      };
       for (int64_t l = 0; l < w; ++l) {
         op[l] = ap[l] * bp[l];
-        if constexpr (Scale) ap[l] *= sp[l];
+        rewrite(l, l);
       }
       for (int64_t i = 1; i < r; ++i) {
         for (int64_t l = 0; l < w; ++l) {
           op[l] += ap[i * w + l] * bp[i * w + l];
-          if constexpr (Scale) ap[i * w + l] *= sp[l];
+          rewrite(i * w + l, l);
         }
       }
     }
   });
 }
 
-at::Tensor tangent_dot_cpu(const at::Tensor& A, const at::Tensor& B, const at::Tensor& scale) {
+at::Tensor tangent_dot_cpu(const at::Tensor& A, const at::Tensor& B, const at::Tensor& scale,
+                           const at::Tensor& gS) {
   const int64_t n = A.size(0), r = A.size(1), w = A.size(2);
   auto out = at::empty({n, w}, A.options());
   TORCH_INTERNAL_ASSERT(!scale.defined() || A.const_data_ptr() != B.const_data_ptr());
+  TORCH_INTERNAL_ASSERT(!gS.defined() || scale.defined());
   AT_DISPATCH_FLOATING_TYPES(A.scalar_type(), "tangent_dot_cpu", [&] {
     // A is written only with a scale (then the caller owns it)
     auto* a = const_cast<scalar_t*>(A.const_data_ptr<scalar_t>());
     const auto* b = B.const_data_ptr<scalar_t>();
     auto* o = out.mutable_data_ptr<scalar_t>();
-    if (scale.defined())
-      tangent_dot_rows<scalar_t, true>(a, b, scale.const_data_ptr<scalar_t>(), o, n, r, w, B.dim() == 2);
+    const bool shared = B.dim() == 2;
+    if (gS.defined())
+      tangent_dot_rows<scalar_t, true, true>(a, b, scale.const_data_ptr<scalar_t>(),
+                                             gS.const_data_ptr<scalar_t>(), o, n, r, w, shared);
+    else if (scale.defined())
+      tangent_dot_rows<scalar_t, true, false>(a, b, scale.const_data_ptr<scalar_t>(), nullptr, o, n,
+                                              r, w, shared);
     else
-      tangent_dot_rows<scalar_t, false>(a, b, nullptr, o, n, r, w, B.dim() == 2);
+      tangent_dot_rows<scalar_t, false, false>(a, b, nullptr, nullptr, o, n, r, w, shared);
   });
   return out;
-}
-
-// The backward of one Laplacian step through an activation, in one pass per point (CPU, float,
-// double, contiguous): with G = ∂/∂(J ⊙ a) of the next Linear's product, (N, r, w), in place
-//   ga = Σ_i G_i ⊙ J_i,   G ← G ⊙ a + 2 gS ⊙ J   (= ∂/∂J, with gS the squares' gradient, or 0).
-// ATen takes four passes over the (N, r, w) tensors for this (the scale, 2 gS ⊙ J, their sum,
-// and ga). gS and ga may be undefined.
-void step_backward_cpu(const at::Tensor& G, const at::Tensor& J, const at::Tensor& a,
-                       const at::Tensor& gS, const at::Tensor& ga) {
-  const int64_t n = G.size(0), r = G.size(1), w = G.size(2);
-  AT_DISPATCH_FLOATING_TYPES(G.scalar_type(), "step_backward_cpu", [&] {
-    auto* g = G.mutable_data_ptr<scalar_t>();
-    const auto* j = J.const_data_ptr<scalar_t>();
-    const auto* av = a.const_data_ptr<scalar_t>();
-    const auto* sv = gS.defined() ? gS.const_data_ptr<scalar_t>() : nullptr;
-    auto* gav = ga.defined() ? ga.mutable_data_ptr<scalar_t>() : nullptr;
-    const int64_t grain = std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(1, r * w));
-    at::parallel_for(0, n, grain, [&](int64_t start, int64_t end) {
-      for (int64_t p = start; p < end; ++p) {
-        scalar_t* __restrict__ gp = g + p * r * w;
-        const scalar_t* __restrict__ jp = j + p * r * w;
-        const scalar_t* __restrict__ ap = av + p * w;
-        if (gav != nullptr) {
-          scalar_t* __restrict__ op = gav + p * w;
-          for (int64_t l = 0; l < w; ++l) op[l] = gp[l] * jp[l];
-          for (int64_t i = 1; i < r; ++i)
-            for (int64_t l = 0; l < w; ++l) op[l] += gp[i * w + l] * jp[i * w + l];
-        }
-        if (sv != nullptr) {
-          const scalar_t* __restrict__ sp = sv + p * w;
-          for (int64_t i = 0; i < r; ++i)
-            for (int64_t l = 0; l < w; ++l)
-              gp[i * w + l] = gp[i * w + l] * ap[l] + 2 * sp[l] * jp[i * w + l];
-        } else {
-          for (int64_t i = 0; i < r; ++i)
-            for (int64_t l = 0; l < w; ++l) gp[i * w + l] *= ap[l];
-        }
-      }
-    });
-  });
 }
 
 // Σ_i A[:, i, :] ⊙ B_i of tangents A (N, r, w) and B (N, r, w), or (r, w) shared by every point,
@@ -292,18 +273,23 @@ void step_backward_cpu(const at::Tensor& G, const at::Tensor& J, const at::Tenso
 // page on first touch (glibc maps them afresh), which made (A * B).sum(1) 2-7x slower than this on
 // a 2-core CPU. On a CPU (float, double, contiguous) one loop per point (tangent_dot_cpu), else r
 // in-place multiply-adds into one (N, w) accumulator. With `scale` (N, w), A (a tensor the caller
-// owns, not aliasing B) is then scaled in place, A ⊙= scale, in the same pass on a CPU. Not
+// owns, not aliasing B) is then rewritten in place, A ← A ⊙ scale, plus 2 gS ⊙ B with `gS` (the
+// gradient of the squares Σ_i B_i²: a Laplacian step's backward), in the same pass on a CPU. Not
 // recorded by autograd (TangentDot is its differentiable form).
 at::Tensor dot_over_tangents(const at::Tensor& A, const at::Tensor& B,
-                             const at::Tensor& scale = at::Tensor()) {
+                             const at::Tensor& scale = at::Tensor(),
+                             const at::Tensor& gS = at::Tensor()) {
   at::NoGradGuard no_grad;
   const int64_t axis = B.dim() == 2 ? 0 : 1;
   if (A.size(1) == 0) return at::zeros({A.size(0), A.size(2)}, A.options());
-  if (scale.defined() ? loops_on_cpu({A, B, scale}) : loops_on_cpu({A, B}))
-    return tangent_dot_cpu(A, B, scale);
+  const bool loops = gS.defined()      ? loops_on_cpu({A, B, scale, gS})
+                     : scale.defined() ? loops_on_cpu({A, B, scale})
+                                       : loops_on_cpu({A, B});
+  if (loops) return tangent_dot_cpu(A, B, scale, gS);
   auto acc = A.select(1, 0) * B.select(axis, 0);
   for (int64_t i = 1; i < A.size(1); ++i) acc.addcmul_(A.select(1, i), B.select(axis, i));
   if (scale.defined()) A.mul_(scale.unsqueeze(1));
+  if (gS.defined()) A.add_(B * (2 * gS.unsqueeze(1)));
   return acc;
 }
 
@@ -328,8 +314,7 @@ void scale_and_square_cpu(const at::Tensor& J, const at::Tensor& a, const at::Te
     const auto* av = a.const_data_ptr<scalar_t>();
     auto* out = scaled.mutable_data_ptr<scalar_t>();
     auto* sq = squares.mutable_data_ptr<scalar_t>();
-    const int64_t grain = std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(1, r * w));
-    at::parallel_for(0, n, grain, [&](int64_t start, int64_t end) {
+    parallel_points(n, r * w, [&](int64_t start, int64_t end) {
       for (int64_t p = start; p < end; ++p) {
         const scalar_t* __restrict__ jp = j + p * r * w;
         const scalar_t* __restrict__ ap = av + p * w;
@@ -358,7 +343,7 @@ void for_scaled_chunks(const at::Tensor& J, const at::Tensor& a, Fn fn,
                        const at::Tensor& squares = at::Tensor()) {
   const auto n = J.size(0), step = chunk_points(J);
   auto buffer = at::empty({std::min(n, step), J.size(1), J.size(2)}, J.options());
-  const bool loop = squares.defined() && loops_on_cpu({J, a, buffer, squares});
+  const bool loop = squares.defined() && loops_on_cpu({J, a, squares});
   for (int64_t s = 0; s < n; s += step) {
     const auto e = std::min(n, s + step);
     auto scaled = buffer.narrow(0, 0, e - s);
@@ -600,16 +585,22 @@ at::Tensor tangent_product(const at::Tensor& J, const at::Tensor& a, const at::T
 // One Laplacian step of batched tangents J (N, r, w) through an activation with σ' = a (N, w) and
 // on through the next Linear (Wt = Wᵀ): the squares S = Σ_i J_i² (N, w) and the next tangents
 // (J ⊙ a) Wᵀ (ScaledProduct), as one autograd node, so that the backward takes J's gradient from
-// both in one pass, ∂/∂J = (g Wt ⊙ a) + 2 g_S ⊙ J, with ga in the same pass (step_backward_cpu):
+// both in one pass, ∂/∂J = (g Wt ⊙ a) + 2 g_S ⊙ J, with ga in the same pass (dot_over_tangents):
 // autograd's two nodes took four passes over (N, r, w) for it and a fifth to add the two halves.
 // The recorded backward (create_graph) is ATen ops, differentiable again.
+std::pair<at::Tensor, at::Tensor> squares_and_product_kernel(const at::Tensor& J, const at::Tensor& a,
+                                                             const at::Tensor& Wt) {
+  auto S = at::empty({J.size(0), J.size(2)}, J.options());
+  auto Jn = scaled_product(J, a, Wt, S);
+  return {S, Jn};
+}
+
 struct SquaresAndProduct : torch::autograd::Function<SquaresAndProduct> {
   static variable_list forward(AutogradContext* ctx, const at::Tensor& J, const at::Tensor& a,
                                const at::Tensor& Wt) {
     ctx->set_materialize_grads(false);
     ctx->save_for_backward({J, a, Wt});
-    auto S = at::empty({J.size(0), J.size(2)}, J.options());
-    auto Jn = scaled_product(J, a, Wt, S);
+    auto [S, Jn] = squares_and_product_kernel(J, a, Wt);
     return {S, Jn};
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
@@ -640,14 +631,8 @@ struct SquaresAndProduct : torch::autograd::Function<SquaresAndProduct> {
       auto gJa = cached_empty(J.sizes(), J);  // ∂/∂(J ⊙ a), then ∂/∂J in place
       auto rows = gJa.view({-1, J.size(2)});
       at::mm_out(rows, gN.reshape({-1, gN.size(2)}), Wt.t());
-      if (need_a) ga = at::empty_like(a);
-      if (loops_on_cpu({gJa, J, a}) && (!gS.defined() || loops_on_cpu({gJa, gS}))) {
-        step_backward_cpu(gJa, J, a, gS, ga);
-      } else {
-        if (need_a) ga = dot_over_tangents(gJa, J);
-        gJa.mul_(a.unsqueeze(1));
-        if (gS.defined()) gJa.add_(J * (2 * gS.unsqueeze(1)));
-      }
+      auto dot = dot_over_tangents(gJa, J, a, gS);  // ga, and gJa ← gJa ⊙ a + 2 gS ⊙ J
+      if (need_a) ga = dot;
       if (need_J) gJ = gJa;
     }
     if (ctx->needs_input_grad(2)) gWt = scaled_gram(J, a, gN);
@@ -658,11 +643,7 @@ struct SquaresAndProduct : torch::autograd::Function<SquaresAndProduct> {
 // (Σ_i J_i², (J ⊙ a) Wᵀ) for batched tangents J: SquaresAndProduct where autograd records.
 std::pair<at::Tensor, at::Tensor> squares_and_product(const at::Tensor& J, const at::Tensor& a,
                                                       const at::Tensor& Wt) {
-  if (!recorded({J, a, Wt})) {
-    auto S = at::empty({J.size(0), J.size(2)}, J.options());
-    auto Jn = scaled_product(J, a, Wt, S);
-    return {S, Jn};
-  }
+  if (!recorded({J, a, Wt})) return squares_and_product_kernel(J, a, Wt);
   auto out = SquaresAndProduct::apply(J, a, Wt);
   return {out[0], out[1]};
 }
@@ -778,7 +759,7 @@ struct MeetTrace : torch::autograd::Function<MeetTrace> {
         if (need[4]) out[4] = (gE * K.view({n, r, w})).sum(1);
         const auto gK = in.s.defined() ? gE * in.s.unsqueeze(1) : gE;
         if (!in.K1.defined()) {
-          if (need[0]) out[0] = gK.view(in.K0.sizes());
+          if (need[0]) out[0] = gK;
         } else {
           if (need[0]) out[0] = at::mm(gK.reshape({n, -1}), in.K1.t());
           if (need[1]) out[1] = at::mm(in.K0.t(), gK.reshape({n, -1}));
@@ -786,7 +767,6 @@ struct MeetTrace : torch::autograd::Function<MeetTrace> {
       }
     } else {
       out = meet_backward_kernel(in, v[5], v[6], v[7], g, need);
-      if (out[0].defined() && !in.K1.defined()) out[0] = out[0].view(in.K0.sizes());
     }
     return {out[0], out[1], out[2], out[3], out[4], at::Tensor()};
   }
@@ -995,7 +975,9 @@ std::tuple<at::Tensor, at::Tensor> value_and_derivative(const std::string& op_na
   // rest (meet_point), which need the σ' of the activations there.
   const size_t meet = op_name == "divergence" ? meet_point(mlp) : mlp.size();
   std::vector<at::Tensor> slopes(mlp.size());
-  bool fused = false;  // the tangents went through the next Linear already (SquaresAndProduct)
+  // The Laplacian's batched tangents go through an activation and the next Linear as one step
+  // (SquaresAndProduct), taken at the Linear once its weight is checked: the activation's σ', σ''.
+  at::Tensor step_d1, step_d2;
   for (size_t k = 0; k < mlp.size(); ++k) {
     const auto& step = mlp[k];
     if (step.kind == "linear") {
@@ -1010,6 +992,14 @@ std::tuple<at::Tensor, at::Tensor> value_and_derivative(const std::string& op_na
                         x.device());
       auto Wt = step.weight.t();
       h = step.bias.defined() ? at::addmm(step.bias, h, Wt) : at::mm(h, Wt);
+      const bool stepped = step_d1.defined();
+      if (stepped) {  // the activation before, and the tangents through this Linear
+        at::Tensor squares;
+        std::tie(squares, J.core) = squares_and_product(J.core, step_d1, Wt);
+        auto curvature = step_d2 * squares;
+        L = L.defined() ? at::addcmul(curvature, step_d1, L) : curvature;
+        step_d1 = step_d2 = at::Tensor();
+      }
       if (L.defined()) L = at::mm(L, Wt);
       if (k >= needed || k >= meet) continue;
       if (k == 0) {
@@ -1021,9 +1011,7 @@ std::tuple<at::Tensor, at::Tensor> value_and_derivative(const std::string& op_na
         } else {
           J.core = Wt;
         }
-      } else if (fused) {
-        fused = false;  // the activation before took the tangents through this Linear
-      } else {
+      } else if (!stepped) {
         J.linear(Wt, n);
       }
     } else {
@@ -1037,18 +1025,14 @@ std::tuple<at::Tensor, at::Tensor> value_and_derivative(const std::string& op_na
       // the Laplacian and the Hessian use the tangents up to the last activation; the Jacobian
       // and the divergence use them after the last step, too
       const bool keep = (lap || hess) ? k + 1 < needed : true;
-      // The Laplacian's batched tangents through this activation and the next Linear at once
-      // (SquaresAndProduct), when that Linear's weight fits (else its step names the problem).
-      at::Tensor squares;
-      const auto* next = k + 1 < mlp.size() ? &mlp[k + 1] : nullptr;
-      fused = lap && keep && !J.shared && !J.deferred() && !J.scale.defined() && next != nullptr &&
-              next->kind == "linear" && next->weight.defined() && next->weight.dim() == 2 &&
-              next->weight.size(1) == h.size(-1) && next->weight.scalar_type() == x.scalar_type() &&
-              next->weight.device() == x.device();
-      if (fused)
-        std::tie(squares, J.core) = squares_and_product(J.core, d1, next->weight.t());
-      else
-        squares = J.activation(d1, keep, lap);
+      if (lap && keep && !J.shared && !J.deferred() && !J.scale.defined() && k + 1 < mlp.size() &&
+          mlp[k + 1].kind == "linear") {  // taken with the next Linear (SquaresAndProduct)
+        step_d1 = d1;
+        step_d2 = d2;
+        h = s;
+        continue;
+      }
+      auto squares = J.activation(d1, keep, lap);
       if (lap) {
         auto curvature = d2 * squares;
         L = L.defined() ? at::addcmul(curvature, d1, L) : curvature;
