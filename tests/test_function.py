@@ -267,9 +267,17 @@ GRADCHECK_NETS = {  # d, layers: plain, two activations in a row (a pending scal
 }
 
 
+# The shared first-layer tangents become per-point tangents in one of two ways (C++
+# Tangents::linear): with fewer points than the Linear's input units, the core scaled per point and
+# multiplied; with as many or more, one (N, w) @ (w, r·w') product against a shared P. The
+# GRADCHECK_NETS are 3 to 5 units wide: 2 points take the first way everywhere, 6 the second.
+POINTS = {"fewer points than units": 2, "more points than units": 6}
+
+
 @pytest.mark.parametrize("op", ["laplacian", "divergence", "jacobian", "hessian"])
 @pytest.mark.parametrize("net_name", GRADCHECK_NETS)
-def test_forward_propagation_passes_gradcheck_and_gradgradcheck(op, net_name):
+@pytest.mark.parametrize("points", POINTS)
+def test_forward_propagation_passes_gradcheck_and_gradgradcheck(op, net_name, points):
     """The hand-written backwards of the tangents' products (C++ TangentDot: the squares and the
     divergence's trace; ScaledProduct: a pending σ' scale inside the next Linear) and the Hessian's
     adjoint pass are checked against finite differences, and so are their own derivatives
@@ -278,7 +286,7 @@ def test_forward_propagation_passes_gradcheck_and_gradgradcheck(op, net_name):
     d, layers = GRADCHECK_NETS[net_name]
     module = ForwardOperator(op, torch.nn.Sequential(*layers()).double())
     names = [name for name, _ in module.named_parameters()]
-    x = torch.randn(4, d, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(POINTS[points], d, dtype=torch.float64, requires_grad=True)
 
     def forward(x, *params):
         return torch.func.functional_call(module, dict(zip(names, params)), (x,))
@@ -290,7 +298,8 @@ def test_forward_propagation_passes_gradcheck_and_gradgradcheck(op, net_name):
 
 @pytest.mark.parametrize("op", ["laplacian", "divergence", "jacobian", "hessian"])
 @pytest.mark.parametrize("net_name", GRADCHECK_NETS)
-def test_recorded_backward_equals_the_plain_one(op, net_name):
+@pytest.mark.parametrize("points", POINTS)
+def test_recorded_backward_equals_the_plain_one(op, net_name, points):
     """The hand-written backwards (tanh's derivatives, TangentDot, ScaledProduct, SharedProduct) have
     a plain branch (no graph: in place, cached blocks) and a recorded one (create_graph: out of place
     ATen ops, differentiated again by gradgradcheck). gradgradcheck only checks the recorded branch
@@ -298,7 +307,7 @@ def test_recorded_backward_equals_the_plain_one(op, net_name):
     torch.manual_seed(1)
     d, layers = GRADCHECK_NETS[net_name]
     net = torch.nn.Sequential(*layers()).double()
-    x = torch.randn(5, d, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(POINTS[points], d, dtype=torch.float64, requires_grad=True)
     wrt = [x, *net.parameters()]
     grads = []
     for create_graph in (False, True):
@@ -403,7 +412,8 @@ def test_function_form_needs_no_requires_grad_and_works_under_no_grad(op, out, m
     assert not got_ng.requires_grad and not u_ng.requires_grad and not got_ng_x.requires_grad
 
 
-def test_forward_propagation_unrecorded_path_is_bitwise_the_recorded_one():
+@pytest.mark.parametrize("points", [40, 8])  # more and fewer points than the 32 units (POINTS)
+def test_forward_propagation_unrecorded_path_is_bitwise_the_recorded_one(points):
     """Without anything to differentiate, the forward propagation skips its autograd Functions
     (TangentDot, ScaledProduct) and calls their kernels directly; under no_grad, inference_mode and
     with frozen weights the numbers must not change a bit, through several layers."""
@@ -412,7 +422,7 @@ def test_forward_propagation_unrecorded_path_is_bitwise_the_recorded_one():
     for act in (torch.nn.Tanh, torch.nn.Sigmoid, torch.nn.SiLU):
         layers += [torch.nn.Linear(32, 32), act()]
     net = torch.nn.Sequential(*layers, torch.nn.Linear(32, 5)).double()
-    x = torch.randn(40, 5, dtype=torch.float64)
+    x = torch.randn(points, 5, dtype=torch.float64)
     for op in ("laplacian", "divergence", "jacobian", "hessian"):
         operator = getattr(diffops, op)
         _, recorded = operator(net, x, method="forward")

@@ -820,10 +820,18 @@ struct Tangents {
       core = scale.defined() ? tangent_product(core, scale, Wt) : at::matmul(core, Wt);
     } else if (!scale.defined()) {
       core = at::mm(core, Wt);
+    } else if (n < Wt.size(0)) {
+      // Fewer points than units: P below costs more to build (w·r·w' entries, and its gradient as
+      // many) than scaling the core per point (N·r·w) and one (N·r, w) @ (w, w') product, the same
+      // multiply-adds. One point's divergence training step at d = 8, width 64: 0.77 -> 0.40 ms.
+      core = at::mm((scale.unsqueeze(1) * core).reshape({-1, core.size(1)}), Wt).view({n, r, out});
+      shared = false;
     } else {
-      // P[j, (i, l)] = core[i, j] Wᵀ[j, l], (w, r·w'): built in its final layout when Wt is a
-      // transposed weight (the tangents); the adjoints' W needs a copy of this small matrix
-      auto P = (core.t().unsqueeze(2) * Wt.unsqueeze(1)).reshape({Wt.size(0), r * out});
+      // P[j, (i, l)] = core[i, j] Wᵀ[j, l], (w, r·w'). The product takes the layout of its
+      // operands: both as rows (the tangents' core.t() is, the adjoints' is a transposed view,
+      // copied here: (w, r), not the (w, r·w') result) so that P comes out in its final layout
+      const auto ct = core.t().is_contiguous() ? core.t() : core.t().contiguous();
+      auto P = (ct.unsqueeze(2) * Wt.unsqueeze(1)).reshape({Wt.size(0), r * out});
       if (defer) {
         left = scale;
         right = P;
