@@ -2,6 +2,7 @@
 
 import ctypes
 import gc
+import math
 import statistics
 import time
 
@@ -15,28 +16,45 @@ def _sync():
         torch.cuda.synchronize()
 
 
+SHORT_CALL_S = 1e-3  # a call shorter than this is timed several at a time (round_times) ...
+MIN_TIMING_S = 2e-3  # ... k calls in a row, k·(its time) >= this
+
+
 def round_times(fns, repeats, budget_s=None):
     """Seconds of each call of each function, one list per function, run round-robin after one
     warm-up each (no order bias): entry r of every list comes from round r, so two functions' times
     in the same round were taken seconds apart and can be compared pairwise (see paired_ratios).
     CUDA work is synchronised before each clock read. With `budget_s`, a function whose warm-up
-    shows that `repeats` runs would exceed the budget runs fewer rounds (at least one)."""
-    reps = []
+    shows that `repeats` runs would exceed the budget runs fewer rounds (at least one). A function
+    whose second call took under SHORT_CALL_S (a one-point problem) is called k times back to back
+    in each round, k·(that time) ≥ MIN_TIMING_S, and the entry is the mean: a single call of 0.2 ms
+    right after another method's is timed with cold caches and one clock read, and its rounds
+    scattered by ±50%; k calls in a row are the latency a loop of such calls sees."""
+    reps, calls = [], []
     for fn in fns:
         t0 = time.perf_counter()
         fn()
         _sync()
         warm = time.perf_counter() - t0
         reps.append(repeats if budget_s is None else max(1, min(repeats, int(budget_s / max(warm, 1e-9)))))
-    times = [[] for _ in fns]
-    for r in range(repeats):
-        for fn, ts, n in zip(fns, times, reps):
-            if r >= n:
-                continue
+        if warm < 1.0:  # a first call may pay one-time costs: the second one decides
             t0 = time.perf_counter()
             fn()
             _sync()
-            ts.append(time.perf_counter() - t0)
+            second = time.perf_counter() - t0
+            calls.append(math.ceil(MIN_TIMING_S / max(second, 1e-9)) if second < SHORT_CALL_S else 1)
+        else:
+            calls.append(1)
+    times = [[] for _ in fns]
+    for r in range(repeats):
+        for fn, ts, n, k in zip(fns, times, reps, calls):
+            if r >= n:
+                continue
+            t0 = time.perf_counter()
+            for _ in range(k):
+                fn()
+            _sync()
+            ts.append((time.perf_counter() - t0) / k)
     return times
 
 
