@@ -26,15 +26,15 @@ ops --op laplacian --d 8 32 --points 8192 --memory --repeats 7 --skip batched fo
   >"$out/laplacian_f64_n8192.md"
 ops --op laplacian --d 128 --points 8192 --memory --repeats 7 \
   --skip batched forward-over "graph form" "loop of" "vmap(hessian)" "$@" >"$out/laplacian_f64_n8192_d128.md"
-ops --op laplacian --d 2 --points 1 --repeats 50 "$@" >"$out/laplacian_n1.md"
+ops --op laplacian --d 2 8 --points 1 --repeats 50 "$@" >"$out/laplacian_n1.md"
 ops --op divergence --d 2 8 32 --memory --matmul --repeats 7 "$@" >"$out/divergence_f64_w64.md"
 ops --op divergence --d 128 --memory --matmul --repeats 7 --skip batched "$@" >"$out/divergence_f64_w64_d128.md"
-ops --op divergence --d 2 --points 1 --repeats 50 "$@" >"$out/divergence_n1.md"
+ops --op divergence --d 2 8 --points 1 --repeats 50 "$@" >"$out/divergence_n1.md"
 ops --op divergence --d 8 32 --dtype float32 --memory --matmul --repeats 7 --skip batched "$@" \
   >"$out/divergence_f32_w64.md"
 ops --op hessian --d 2 8 --memory --repeats 7 "$@" >"$out/hessian_f64_w64.md"
 ops --op hessian --d 32 --memory --repeats 7 --skip batched forward-over "$@" >"$out/hessian_f64_w64_d32.md"
-ops --op hessian --d 2 --points 1 --repeats 50 "$@" >"$out/hessian_n1.md"
+ops --op hessian --d 2 8 --points 1 --repeats 50 "$@" >"$out/hessian_n1.md"
 "$py" benchmarks/bench_ns_cache.py "$@" >"$out/ns_cache.md" 2>&1
 "$py" benchmarks/bench_elementwise.py "$@" >"$out/elementwise.md" 2>&1
 "$py" benchmarks/bench_compile.py "$@" >"$out/compile_f32.md" 2>&1
