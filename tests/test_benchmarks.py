@@ -6,6 +6,7 @@ import pathlib
 import re
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -63,9 +64,23 @@ def test_paired_ratios_and_round_times():
     # rounds one of the two did not run are left out
     assert paired_ratios([3.0], [1.0, 5.0]) == (3.0, 3.0, 3.0)
     calls = []
-    times = round_times([lambda: calls.append("a"), lambda: calls.append("b")], repeats=3)
+
+    def slow():  # over SHORT_CALL_S: timed one call at a time
+        calls.append("s")
+        time.sleep(1.5 * c.SHORT_CALL_S)
+
+    def fast():  # microseconds: timed k calls at a time, k·(its time) >= MIN_TIMING_S
+        calls.append("f")
+
+    times = round_times([slow, fast], repeats=3)
     assert [len(ts) for ts in times] == [3, 3] and all(t >= 0 for ts in times for t in ts)
-    assert calls == ["a", "b"] + ["a", "b"] * 3  # one warm-up each, then round-robin
+    # a warm-up and a second call each (the second one decides k), then round-robin; in each round a
+    # method's timed calls follow an untimed call of its own
+    assert calls[:4] == ["s", "s", "f", "f"]
+    k = (len(calls) - 4) // 3 - 3
+    assert k >= 2
+    assert calls[4:] == (["s", "s"] + ["f"] * (1 + k)) * 3
+    assert max(times[1]) < min(times[0])  # the fast entries are means of k calls, not their sum
 
 
 def test_bench_operators_reports_time_in_products_and_tanh():
