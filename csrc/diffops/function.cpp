@@ -589,14 +589,12 @@ at::Tensor tangent_product(const at::Tensor& J, const at::Tensor& a, const at::T
 // S the tangents' squares and L the term so far (after the Linear). One pass where ATen took two
 // and a temporary; its backward g_σ'' = g ⊙ S, g_S = g ⊙ σ'', g_σ' = g ⊙ L, g_L = g ⊙ σ' in one
 // pass where autograd's two nodes took four, each a fresh (N, w) tensor (at width 256 and N = 1024
-// these passes cost about 1.4 ms per activation and training step). The loop takes contiguous
-// CPU tensors of one shape, ATen the rest.
+// these passes cost about 1.4 ms per activation and training step). All four of one shape
+// (curvature_step); the loop takes contiguous CPU tensors, ATen the rest.
 at::Tensor curvature_step_kernel(const at::Tensor& d2, const at::Tensor& S, const at::Tensor& d1,
                                  const at::Tensor& L) {
   at::NoGradGuard no_grad;
-  if (!loops_on_cpu({d2, S, d1, L}) || S.sizes() != d2.sizes() || d1.sizes() != d2.sizes() ||
-      L.sizes() != d2.sizes())
-    return at::addcmul(d2 * S, d1, L);
+  if (!loops_on_cpu({d2, S, d1, L})) return at::addcmul(d2 * S, d1, L);
   auto out = cached_empty(d2.sizes(), d2);
   AT_DISPATCH_FLOATING_TYPES(d2.scalar_type(), "curvature_step_kernel", [&] {
     const scalar_t *a = d2.const_data_ptr<scalar_t>(), *b = S.const_data_ptr<scalar_t>(),
@@ -609,18 +607,20 @@ at::Tensor curvature_step_kernel(const at::Tensor& d2, const at::Tensor& S, cons
   return out;
 }
 
-// The four gradients of curvature_step_kernel for an incoming g, those `need`ed (d2, S, d1, L).
+// ∂/∂d2 = g S, ∂/∂S = g d2, ∂/∂d1 = g L, ∂/∂L = g d1: each input's gradient takes its partner.
+constexpr std::array<int, 4> curvature_partner{1, 0, 3, 2};
+
+// The four gradients of curvature_step_kernel for an incoming g, those `need`ed (d2, S, d1, L):
+// out of place in ATen ops where autograd records (create_graph) or the loop cannot take them.
 std::array<at::Tensor, 4> curvature_step_backward_kernel(const at::Tensor& g,
                                                          const std::array<at::Tensor, 4>& in,
                                                          const std::array<bool, 4>& need) {
-  at::NoGradGuard no_grad;
-  // ∂/∂d2 = g S, ∂/∂S = g d2, ∂/∂d1 = g L, ∂/∂L = g d1: each input's gradient takes its partner's
-  static constexpr std::array<int, 4> partner{1, 0, 3, 2};
+  const auto& partner = curvature_partner;
   std::array<at::Tensor, 4> out;
   const auto gc = g.contiguous();
-  if (!loops_on_cpu({gc, in[0], in[1], in[2], in[3]}) || in[0].sizes() != gc.sizes()) {
+  if (at::GradMode::is_enabled() || !loops_on_cpu({gc, in[0], in[1], in[2], in[3]})) {
     for (int k = 0; k < 4; ++k)
-      if (need[k]) out[k] = gc * in[partner[k]];
+      if (need[k]) out[k] = g * in[partner[k]];
     return out;
   }
   for (int k = 0; k < 4; ++k)
@@ -659,15 +659,7 @@ struct CurvatureStep : torch::autograd::Function<CurvatureStep> {
     const std::array<at::Tensor, 4> in{v[0], v[1], v[2], v[3]};
     std::array<bool, 4> need{};
     for (int k = 0; k < 4; ++k) need[k] = ctx->needs_input_grad(k);
-    std::array<at::Tensor, 4> out;
-    if (at::GradMode::is_enabled()) {  // recorded (create_graph): out of place, differentiable
-      if (need[0]) out[0] = g * in[1];
-      if (need[1]) out[1] = g * in[0];
-      if (need[2]) out[2] = g * in[3];
-      if (need[3]) out[3] = g * in[2];
-    } else {
-      out = curvature_step_backward_kernel(g, in, need);
-    }
+    const auto out = curvature_step_backward_kernel(g, in, need);
     return {out[0], out[1], out[2], out[3]};
   }
 };
@@ -1008,13 +1000,12 @@ struct Tangents {
       // Fewer points than units: P below costs more to build (w·r·w' entries, and its gradient as
       // many) than scaling the core per point (N·r·w) and one (N·r, w) @ (w, w') product, the same
       // multiply-adds. One point's divergence training step at d = 8, width 64: 0.77 -> 0.40 ms.
-      core = at::mm((scale.unsqueeze(1) * core).reshape({-1, core.size(1)}), Wt).view({n, r, out});
+      core = at::mm(batched(n).reshape({-1, Wt.size(0)}), Wt).view({n, r, out});
       shared = false;
     } else {
-      // P[j, (i, l)] = core[i, j] Wᵀ[j, l], (w, r·w') (outer_rows: C = coreᵀ as rows, a copy of
+      // P[j, (i, l)] = core[i, j] Wᵀ[j, l], (w, r·w') (outer_rows, from coreᵀ as rows: a copy of
       // this (w, r) matrix where core.t() is a transposed view, as for the adjoints)
-      const auto ct = core.t().is_contiguous() ? core.t() : core.t().contiguous();
-      auto P = outer_rows(ct, Wt);
+      auto P = outer_rows(core.t().contiguous(), Wt);
       if (defer) {
         left = scale;
         right = P;
