@@ -206,11 +206,13 @@ def test_function_form_errors():
 
 
 @pytest.mark.parametrize("linears", [2, 3, 4, 5, 6])
-@pytest.mark.parametrize("d,width,first", [(3, 5, "linear"), (7, 4, "linear"), (3, 5, "activation")])
+@pytest.mark.parametrize("d,width,first", [(3, 5, "linear"), (2, 5, "linear"), (7, 4, "linear"), (3, 5, "activation")])
 def test_forward_divergence_meets_adjoints_at_every_depth(linears, d, width, first, device):
     """The forward divergence carries tangents through the first half of the hidden Linear steps and
     adjoints (from the last Linear down) through the rest, and takes tr(B F) where they meet: for 0 to
     4 hidden Linear steps, with the reduced basis (d = 7 into width 4) and with an activation first,
+    with two hidden Linears both ways of meeting (d = 3 into width 5 and the reduced basis: the
+    trilinear form; d = 2: the products),
     the divergence and its gradients to the weights and to x equal the graph form's; the second
     derivatives too (gradgradcheck on the deepest)."""
     torch.manual_seed(linears)
@@ -242,6 +244,34 @@ def test_forward_divergence_meets_adjoints_at_every_depth(linears, d, width, fir
         assert torch.autograd.gradgradcheck(forward, inputs)
 
 
+@pytest.mark.parametrize("d", [24, 10, 6])  # 20 tangents of width 20: the trilinear form; 10 (the tie), 6: products
+def test_forward_divergence_both_ways_of_meeting_equal_torch_func(d, device):
+    """Three hidden layers of width 20 at 64 points: the tangents and the adjoints both stay deferred
+    (a (N, w) @ (w, r·w) product each, never formed). With more than w/2 = 10 tangents they meet in
+    the trilinear form Σ a_j b_m s_l C[j, m, l] (C++ MeetCube), otherwise by the adjoints' product
+    (MeetTrace). Either way the divergence, the value and the gradients of a loss to the weights
+    and to x equal torch.func's vmap(jacrev) trace to round-off, in float64."""
+    torch.manual_seed(d)
+    w = 20  # the CPU loop's 8-wide blocks and its tail
+    net = torch.nn.Sequential(torch.nn.Linear(d, w), torch.nn.Tanh(), torch.nn.Linear(w, w), torch.nn.SiLU(),
+                              torch.nn.Linear(w, w), torch.nn.Tanh(), torch.nn.Linear(w, d)).double().to(device)
+    x = torch.randn(64, d, dtype=torch.float64, device=device, requires_grad=True)
+    params = dict(net.named_parameters())
+
+    def reference(p):
+        jac = torch.func.jacrev(lambda q: torch.func.functional_call(net, p, (q,)))
+        return torch.func.vmap(lambda q: jac(q).trace())(x)
+
+    value, got = diffops.divergence(net, x)
+    want = reference(params)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(value, net(x), **CLOSE)
+    wrt = [x, *params.values()]
+    for g, w_ in zip(torch.autograd.grad((got.sin() * value[:, 0]).sum(), wrt),
+                     torch.autograd.grad((want.sin() * net(x)[:, 0]).sum(), wrt)):
+        torch.testing.assert_close(g, w_, rtol=1e-11, atol=1e-12)
+
+
 class ForwardOperator(torch.nn.Module):  # lets functional_call swap the MLP's weights
     def __init__(self, op, net):
         super().__init__()
@@ -252,12 +282,17 @@ class ForwardOperator(torch.nn.Module):  # lets functional_call swap the MLP's w
 
 
 GRADCHECK_NETS = {  # d, layers: plain, two activations in a row (a pending scale), reduced basis
+    # the divergence's two deferred sides meet in the trilinear form (C++ MeetCube: 3 tangents,
+    # widths 5, 5·5 < 3·(5 + 5) multiply-adds) from 5 points on
     "plain": (3, lambda: [torch.nn.Linear(3, 5), torch.nn.Tanh(), torch.nn.Linear(5, 5), torch.nn.Tanh(),
                           torch.nn.Linear(5, 5), torch.nn.SiLU(), torch.nn.Linear(5, 3)]),
     "stacked activations": (3, lambda: [torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 4), torch.nn.Sigmoid(),
                                         torch.nn.GELU(), torch.nn.Linear(4, 3)]),
     "reduced basis": (5, lambda: [torch.nn.Linear(5, 3), torch.nn.Tanh(), torch.nn.Linear(3, 4), torch.nn.Tanh(),
                                   torch.nn.Linear(4, 4), torch.nn.Softplus(), torch.nn.Linear(4, 5)]),
+    # 2 tangents, widths 5: the deferred sides meet by products (MeetTrace, 5·5 > 2·(5 + 5))
+    "few tangents": (2, lambda: [torch.nn.Linear(2, 5), torch.nn.Tanh(), torch.nn.Linear(5, 5), torch.nn.Sigmoid(),
+                                 torch.nn.Linear(5, 5), torch.nn.Tanh(), torch.nn.Linear(5, 2)]),
     # one tanh whose σ' scales nothing: its backward gets g_t and g_t″ without g_t′ (the Laplacian)
     "one hidden layer": (3, lambda: [torch.nn.Linear(3, 5), torch.nn.Tanh(), torch.nn.Linear(5, 3)]),
     # the divergence meets formed tangents (two hidden Linears) and deferred adjoints (one)
