@@ -447,17 +447,18 @@ def test_function_form_needs_no_requires_grad_and_works_under_no_grad(op, out, m
     assert not got_ng.requires_grad and not u_ng.requires_grad and not got_ng_x.requires_grad
 
 
-@pytest.mark.parametrize("points", [40, 8])  # more and fewer points than the 32 units (POINTS)
-def test_forward_propagation_unrecorded_path_is_bitwise_the_recorded_one(points):
+@pytest.mark.parametrize("points", [300, 40, 8])  # more and fewer points than the 32 units (POINTS)
+@pytest.mark.parametrize("d,hidden", [(5, 3), (40, 2)])  # (40, 2): the divergence's trilinear form
+def test_forward_propagation_unrecorded_path_is_bitwise_the_recorded_one(points, d, hidden):
     """Without anything to differentiate, the forward propagation skips its autograd Functions
-    (TangentDot, ScaledProduct) and calls their kernels directly; under no_grad, inference_mode and
-    with frozen weights the numbers must not change a bit, through several layers."""
+    (TangentDot, ScaledProduct, MeetCube) and calls their kernels directly; under no_grad, inference_mode and with frozen weights the numbers
+    must not change a bit, through several layers."""
     torch.manual_seed(6)
-    layers = [torch.nn.Linear(5, 32), torch.nn.GELU()]
-    for act in (torch.nn.Tanh, torch.nn.Sigmoid, torch.nn.SiLU):
+    layers = [torch.nn.Linear(d, 32), torch.nn.GELU()]
+    for act in (torch.nn.Tanh, torch.nn.Sigmoid, torch.nn.SiLU)[:hidden]:
         layers += [torch.nn.Linear(32, 32), act()]
-    net = torch.nn.Sequential(*layers, torch.nn.Linear(32, 5)).double()
-    x = torch.randn(points, 5, dtype=torch.float64)
+    net = torch.nn.Sequential(*layers, torch.nn.Linear(32, d)).double()
+    x = torch.randn(points, d, dtype=torch.float64)
     for op in ("laplacian", "divergence", "jacobian", "hessian"):
         operator = getattr(diffops, op)
         _, recorded = operator(net, x, method="forward")

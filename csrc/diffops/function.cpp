@@ -958,13 +958,115 @@ struct MeetTrace : torch::autograd::Function<MeetTrace> {
 // (fewer when r < wj·wm / (wj + wm), half the width for equal widths). The backward takes two
 // products of the same size (MeetTrace: four of its own), gb and gs come from the pass's by-products
 // u = X s and y = bᵀX, and X is not kept.
+// C[j, m, l] = M[j, m] Ua[j, l] Ub[m, l] as (wj, wm·wl): the trilinear form's tensor (MeetCube)
+// from its factors, one pass (ATen's broadcast products took two, and five in the backward).
+at::Tensor cube_tensor_kernel(const at::Tensor& M, const at::Tensor& Ua, const at::Tensor& Ub) {
+  at::NoGradGuard no_grad;
+  const auto wj = M.size(0), wm = M.size(1), wl = Ua.size(1);
+  if (!loops_on_cpu({M, Ua.contiguous(), Ub.contiguous()}))
+    return (M.unsqueeze(2) * Ua.unsqueeze(1) * Ub.unsqueeze(0)).view({wj, wm * wl});
+  const auto ua = Ua.contiguous(), ub = Ub.contiguous();
+  auto C = cached_empty({wj, wm * wl}, M);
+  AT_DISPATCH_FLOATING_TYPES(M.scalar_type(), "cube_tensor_kernel", [&] {
+    const scalar_t *mv = M.const_data_ptr<scalar_t>(), *av = ua.const_data_ptr<scalar_t>(),
+                   *bv = ub.const_data_ptr<scalar_t>();
+    scalar_t* cv = C.mutable_data_ptr<scalar_t>();
+    parallel_points(wj, wm * wl, [&](int64_t start, int64_t end) {
+      for (int64_t j = start; j < end; ++j)
+        for (int64_t m = 0; m < wm; ++m) {
+          const scalar_t c = mv[j * wm + m];
+          const scalar_t* __restrict__ aj = av + j * wl;
+          const scalar_t* __restrict__ bm = bv + m * wl;
+          scalar_t* __restrict__ row = cv + (j * wm + m) * wl;
+          for (int64_t l = 0; l < wl; ++l) row[l] = c * aj[l] * bm[l];  // ATen's order
+        }
+    });
+  });
+  return C;
+}
+
+// cube_tensor_kernel, differentiable: gM[j, m] = Σ_l g Ua Ub, gUa[j, l] = Σ_m g M Ub,
+// gUb[m, l] = Σ_j g M Ua, two passes over g on a CPU (by rows j, then by m); ATen ops when
+// recorded (create_graph), differentiable again.
+struct CubeTensor : torch::autograd::Function<CubeTensor> {
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& M, const at::Tensor& Ua,
+                               const at::Tensor& Ub) {
+    ctx->set_materialize_grads(false);
+    ctx->save_for_backward({M, Ua, Ub});
+    return {cube_tensor_kernel(M, Ua, Ub)};
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto& g = grads[0];
+    if (!g.defined()) return variable_list(3);
+    auto v = ctx->get_saved_variables();
+    const auto &M = v[0], &Ua = v[1], &Ub = v[2];
+    const auto wj = M.size(0), wm = M.size(1), wl = Ua.size(1);
+    const bool needM = ctx->needs_input_grad(0), needA = ctx->needs_input_grad(1),
+               needB = ctx->needs_input_grad(2);
+    const auto g3 = g.reshape({wj, wm, wl});
+    const auto ua = Ua.contiguous(), ub = Ub.contiguous();
+    if (at::GradMode::is_enabled() || !loops_on_cpu({M, ua, ub, g3})) {
+      const auto ga = g3 * Ua.unsqueeze(1);  // g Ua
+      const auto gb = g3 * Ub.unsqueeze(0);  // g Ub
+      return {needM ? (ga * Ub.unsqueeze(0)).sum(2) : at::Tensor(),
+              needA ? (gb * M.unsqueeze(2)).sum(1) : at::Tensor(),
+              needB ? (ga * M.unsqueeze(2)).sum(0) : at::Tensor()};
+    }
+    at::Tensor gM = needM ? at::empty({wj, wm}, M.options()) : at::Tensor();
+    at::Tensor gA = needA ? at::zeros({wj, wl}, M.options()) : at::Tensor();
+    at::Tensor gB = needB ? at::zeros({wm, wl}, M.options()) : at::Tensor();
+    AT_DISPATCH_FLOATING_TYPES(M.scalar_type(), "cube_tensor_backward", [&] {
+      constexpr int kLanes = 8;
+      const scalar_t *gv = g3.const_data_ptr<scalar_t>(), *mv = M.const_data_ptr<scalar_t>(),
+                     *av = ua.const_data_ptr<scalar_t>(), *bv = ub.const_data_ptr<scalar_t>();
+      if (needM || needA)
+        parallel_points(wj, wm * wl, [&](int64_t start, int64_t end) {
+          for (int64_t j = start; j < end; ++j) {
+            const scalar_t* __restrict__ aj = av + j * wl;
+            scalar_t* __restrict__ gaj = needA ? gA.mutable_data_ptr<scalar_t>() + j * wl : nullptr;
+            for (int64_t m = 0; m < wm; ++m) {
+              const scalar_t* __restrict__ row = gv + (j * wm + m) * wl;
+              const scalar_t* __restrict__ bm = bv + m * wl;
+              const scalar_t c = mv[j * wm + m];
+              if (needM) {
+                scalar_t acc[kLanes] = {};
+                int64_t l = 0;
+                for (; l + kLanes <= wl; l += kLanes)
+                  for (int q = 0; q < kLanes; ++q) acc[q] += row[l + q] * aj[l + q] * bm[l + q];
+                for (; l < wl; ++l) acc[0] += row[l] * aj[l] * bm[l];
+                scalar_t sum = 0;
+                for (int q = 0; q < kLanes; ++q) sum += acc[q];
+                gM.mutable_data_ptr<scalar_t>()[j * wm + m] = sum;
+              }
+              if (needA)
+                for (int64_t l = 0; l < wl; ++l) gaj[l] += row[l] * c * bm[l];
+            }
+          }
+        });
+      if (needB)
+        parallel_points(wm, wj * wl, [&](int64_t start, int64_t end) {
+          for (int64_t m = start; m < end; ++m) {
+            scalar_t* __restrict__ gbm = gB.mutable_data_ptr<scalar_t>() + m * wl;
+            for (int64_t j = 0; j < wj; ++j) {
+              const scalar_t* __restrict__ row = gv + (j * wm + m) * wl;
+              const scalar_t* __restrict__ aj = av + j * wl;
+              const scalar_t c = mv[j * wm + m];
+              for (int64_t l = 0; l < wl; ++l) gbm[l] += row[l] * c * aj[l];
+            }
+          }
+        });
+    });
+    return {gM, gA, gB};
+  }
+};
+
 // C (wj, wm·wl) from the factors of A[j, (i, l)] = Fa[j, i] Ua[j, l] and P[m, (i, l)] = Fb[m, i]
 // Ub[m, l] (outer_rows): C[j, m, l] = (Fa Fbᵀ)[j, m] Ua[j, l] Ub[m, l], a (wj, r) @ (r, wm) product
-// and wj·wm·wl products of three numbers; differentiable ATen ops.
+// and one pass (CubeTensor).
 at::Tensor meet_cube_tensor(const at::Tensor& Fa, const at::Tensor& Ua, const at::Tensor& Fb,
                             const at::Tensor& Ub) {
   const auto M = at::mm(Fa, Fb.t());  // (wj, wm)
-  return (M.unsqueeze(2) * Ua.unsqueeze(1) * Ub.unsqueeze(0)).view({Fa.size(0), -1});
+  return recorded({M, Ua, Ub}) ? CubeTensor::apply(M, Ua, Ub)[0] : cube_tensor_kernel(M, Ua, Ub);
 }
 
 // t (N,), u (N, wm) = Σ_l X[n, m, l] s[n, l] and y (N, wl) = Σ_m b[n, m] X[n, m, l] for X = a C:

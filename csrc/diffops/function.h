@@ -48,7 +48,10 @@ const std::vector<std::string>& forward_laplacian_activations();
 ///   "divergence" Σ_i ∂u_i/∂x_i, batch; needs m = d  (d tangents forward through the first half
 ///                of the hidden Linears, d adjoints back from the last Linear through the rest,
 ///                tr(B F) where they meet: both ends are shared by every point; the adjoints'
-///                first product, B = b P, is never formed: tr(B F) = Σ b ⊙ ((F ⊙ σ') Pᵀ))
+///                first product, B = b P, is never formed: tr(B F) = Σ b ⊙ ((F ⊙ σ') Pᵀ); when
+///                neither side is formed (three hidden layers, N ≥ w) and the tangents outnumber
+///                half the width, a trilinear form Σ a_j b_m σ'_l C[j, m, l] with C shared:
+///                w³ multiply-adds per point instead of 2 r w²)
 ///   "laplacian"  Δu_i, batch + (m,)                 (d tangents + 1 collapsed second order)
 ///   "hessian"    ∂²u_i/∂x_j∂x_k, batch + (m, d, d)  (d tangents forward, m adjoints back:
 ///                H_i = Σ over activation units of (∂u_i/∂σ) σ'' (∂z/∂x)(∂z/∂x)ᵀ)
