@@ -495,3 +495,77 @@ def test_forward_propagation_over_several_chunks_of_points_equals_the_graph_form
         torch.testing.assert_close(g, w, **CLOSE)
     with torch.no_grad():
         assert torch.equal(operator(net, x, method="forward")[1], got)
+
+
+def _along(op, full, coords):
+    """The reference for op along `coords` from torch.func's full Hessian (laplacian, hessian) or
+    Jacobian (jacobian, divergence) of shape (N, comp..., d[, d])."""
+    idx = torch.tensor([c % full.shape[-1] for c in coords])
+    if op == "laplacian":
+        return full[..., idx, idx].sum(-1)
+    if op == "hessian":
+        return full.index_select(-1, idx).index_select(-2, idx)
+    if op == "jacobian":
+        return full.index_select(-1, idx)
+    return full[:, torch.arange(len(coords)), idx].sum(-1)
+
+
+@pytest.mark.parametrize("coords", [[0, 1], [3, 0], [-1]])
+@pytest.mark.parametrize(  # forward-over-reverse is for laplacian and hessian
+    "op,path", [(op, path) for op in ("laplacian", "divergence", "jacobian", "hessian")
+                for path in ("forward", "callable", "forward-over-reverse")
+                if path != "forward-over-reverse" or op in ("laplacian", "hessian")])
+def test_function_form_along_some_coordinates_equals_torch_func(op, path, coords):
+    """coords= differentiates along some coordinates of x with the others held fixed (u(x, t) with
+    Δ over x; a CNF field f(t, z) with its divergence over z), in any order: the forward
+    propagation (the first Linear's tangents are the rows of Wᵀ for those coordinates), the
+    callable form and forward-over-reverse equal torch.func's full Hessian or Jacobian restricted
+    to them, and so do the gradients of a loss on the result to the weights and to x."""
+    torch.manual_seed(len(coords) + coords[0])
+    d = 4
+    out = len(coords) if op == "divergence" else 2
+    net = torch.nn.Sequential(torch.nn.Linear(d, 10), torch.nn.Tanh(), torch.nn.Linear(10, 10), torch.nn.SiLU(),
+                              torch.nn.Linear(10, 10), torch.nn.Tanh(), torch.nn.Linear(10, out)).double()
+    x = torch.randn(12, d, dtype=torch.float64, requires_grad=True)
+    params = dict(net.named_parameters())
+
+    def reference(p):
+        field = lambda q: torch.func.functional_call(net, p, (q,))  # noqa: E731
+        second = op in ("laplacian", "hessian")
+        full = torch.func.vmap(torch.func.hessian(field) if second else torch.func.jacrev(field))(x)
+        return _along(op, full, coords)
+
+    f = net if path == "forward" else (lambda p: net(p))
+    method = "forward-over-reverse" if path == "forward-over-reverse" else "auto"
+    assert path != "forward" or diffops.explain(op, net, x, coords=coords).method == "forward"
+    value, got = getattr(diffops, op)(f, x, coords=coords, method=method)
+    want = reference(params)
+    torch.testing.assert_close(got, want, rtol=1e-11, atol=1e-12)
+    torch.testing.assert_close(value, net(x), **CLOSE)
+    wrt = [x, *params.values()]
+    grads = [torch.autograd.grad(r.sin().sum(), wrt, materialize_grads=True) for r in (got, want)]
+    for g, w in zip(*grads):
+        torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12)
+
+
+def test_function_form_coords_errors():
+    """Bad coords name the argument and the cause, the same in the forward propagation (C++) and
+    the callable form (Python); the graph form, whose x is already the tensor u came from, points to
+    the separate leaf instead."""
+    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1)).double()
+    x = torch.randn(5, 3, dtype=torch.float64, requires_grad=True)
+    for f in (net, lambda p: net(p)):
+        with pytest.raises(ValueError, match=r"^laplacian: coords names coordinate 2 twice"):
+            diffops.laplacian(f, x, coords=[2, -1])
+        with pytest.raises(ValueError, match=r"^hessian: coords entry 3 is out of range for d = 3 coordinates"):
+            diffops.hessian(f, x, coords=[0, 3])
+        with pytest.raises(ValueError, match=r"^jacobian: coords must be a sequence of ints"):
+            diffops.jacobian(f, x, coords=[0.5])
+        with pytest.raises(ValueError, match=r"^laplacian: coords is empty; pass None"):
+            diffops.laplacian(f, x, coords=[])
+        with pytest.raises(ValueError, match=r"^divergence: the model maps d = 2 coordinates to 1 components"):
+            diffops.divergence(net, x, coords=[0, 1])
+    with pytest.raises(ValueError, match=r"^laplacian: coords is for the function form \(laplacian\(f, x\)\); in the graph form"):
+        diffops.laplacian(net(x), x, coords=[0])
+    with pytest.raises(ValueError, match=r"^explain: |^laplacian: coords names"):
+        diffops.explain("laplacian", net, x, coords=[1, 1])

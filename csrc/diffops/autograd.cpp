@@ -230,6 +230,13 @@ at::Tensor Field::result(at::Tensor r) const {
   return r;
 }
 
+void Field::check_options(const Options& options) const {
+  TORCH_CHECK_VALUE(options.coords().empty(), op, ": coords is for the function form (", op,
+                    "(f, x)); in the graph form pass the tensor of those coordinates as x (a "
+                    "leaf of its own that u is computed from)");
+  check_structure(options.check_structure());
+}
+
 void Field::check_structure(bool enabled) const {
   if (!enabled) return;
   if (!u.requires_grad()) return;  // a derived constant: nothing to couple

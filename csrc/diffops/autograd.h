@@ -47,6 +47,8 @@ class Field {
   // on x[i] only), tested with the ones-seeded product of component 0 and one product seeded with
   // random per-point weights r: block-diagonal structure means the second is r times the first.
   void check_structure(bool enabled) const;
+  // The graph form's options: check_structure as above; coords (the function form's) raises.
+  void check_options(const Options& options) const;
 
   // Seed of u's shape selecting scalar component c (flat index into comp) at every point.
   at::Tensor component_seed(int64_t c) const;

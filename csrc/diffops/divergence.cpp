@@ -10,7 +10,7 @@ at::Tensor divergence(const at::Tensor& v, const at::Tensor& x, const Options& o
   detail::Field f("divergence", v, x, detail::Layout::pointwise, "v");
   auto outer = detail::vector_field_comp(f);
   const auto method = detail::choose(f, options).method;
-  f.check_structure(options.check_structure());
+  f.check_options(options);
   const bool keep = f.keep(options.create_graph());
   std::vector<at::Tensor> parts;
   for (int64_t c = 0; c < f.components; c += f.d) {
@@ -45,7 +45,7 @@ at::Tensor curl(const at::Tensor& v, const at::Tensor& x, const Options& options
                     "has shape ", x.sizes(), " (d = ", f.d, ")");
   detail::vector_field_comp(f);
   const auto method = detail::choose(f, options).method;
-  f.check_structure(options.check_structure());
+  f.check_options(options);
   // batch + comp' + (d, d)
   auto J = detail::jacobian_of(f, options.create_graph(), method == detail::Method::batched);
   auto dj = [&](int64_t i, int64_t j) { return J.select(-2, i).select(-1, j); };  // ∂v_i/∂x_j

@@ -1389,9 +1389,23 @@ bool forward_is_auto(const std::string& op, int64_t d, const std::vector<Step>& 
   return forward_tangents(op, d, mlp) <= outputs(d, mlp);
 }
 
+int64_t coordinate_count(const char* op, const std::vector<int64_t>& coords, int64_t d) {
+  if (coords.empty()) return d;
+  std::vector<bool> seen(static_cast<size_t>(std::max<int64_t>(d, 0)), false);
+  for (auto c : coords) {
+    TORCH_CHECK_VALUE(c >= -d && c < d, op, ": coords entry ", c, " is out of range for d = ", d,
+                      " coordinates");
+    const auto i = static_cast<size_t>(c < 0 ? c + d : c);
+    TORCH_CHECK_VALUE(!seen[i], op, ": coords names coordinate ", i, " twice");
+    seen[i] = true;
+  }
+  return static_cast<int64_t>(coords.size());
+}
+
 std::tuple<at::Tensor, at::Tensor> value_and_derivative(const std::string& op_name,
                                                         const at::Tensor& x,
-                                                        const std::vector<Step>& mlp) {
+                                                        const std::vector<Step>& mlp,
+                                                        const std::vector<int64_t>& coords) {
   const char* op = op_name.c_str();
   const bool lap = op_name == "laplacian", hess = op_name == "hessian";
   TORCH_CHECK_VALUE(lap || hess || op_name == "jacobian" || op_name == "divergence",
@@ -1400,9 +1414,17 @@ std::tuple<at::Tensor, at::Tensor> value_and_derivative(const std::string& op_na
   TORCH_CHECK_VALUE(x.defined() && at::isFloatingType(x.scalar_type()), op,
                     ": x must be a floating tensor");
   TORCH_CHECK_VALUE(x.dim() >= 1, op, ": x must have shape batch + (d,)");
-  const auto d = x.size(-1);
+  const auto d_in = x.size(-1);
+  // the coordinates differentiated along: all (d = d_in), or coords (their rows of Wᵀ, or of I)
+  const auto d = coordinate_count(op, coords, d_in);
+  at::Tensor picked;
+  if (!coords.empty()) {
+    std::vector<int64_t> rows;
+    for (auto c : coords) rows.push_back(c < 0 ? c + d_in : c);
+    picked = at::tensor(rows, x.options().dtype(at::kLong));
+  }
   auto batch = x.sizes().slice(0, x.dim() - 1).vec();
-  auto h = x.reshape({-1, d});                                         // (N, width)
+  auto h = x.reshape({-1, d_in});                                      // (N, width)
   const auto n = h.size(0);
   // The Laplacian and the Hessian need the tangents only up to the last activation.
   size_t needed = mlp.size();
@@ -1414,7 +1436,10 @@ std::tuple<at::Tensor, at::Tensor> value_and_derivative(const std::string& op_na
   const bool reduce = reduces(d, mlp);
   Tangents J;  // J = I (d, d) until the first Linear sets Wᵀ; materialised only if an activation comes first
   J.defer = op_name == "divergence";
-  if (mlp.empty() || mlp.front().kind != "linear") J.core = at::eye(d, x.options());
+  if (mlp.empty() || mlp.front().kind != "linear") {
+    J.core = at::eye(d_in, x.options());
+    if (picked.defined()) J.core = J.core.index_select(0, picked);
+  }
   at::Tensor L;  // (N, width), undefined while zero
   // the Hessian: per activation, the tangents before it and σ', σ'' (an adjoint pass follows)
   struct Curvature {
@@ -1453,13 +1478,15 @@ std::tuple<at::Tensor, at::Tensor> value_and_derivative(const std::string& op_na
       if (L.defined()) L = at::mm(L, Wt);
       if (k >= needed || k >= meet) continue;
       if (k == 0) {
-        // J = Wᵀ (d, w). With w < d, Wᵀ = Q R (reduced QR): carry R's w rows instead of d.
+        // J = Wᵀ (d, w) (the rows of the coordinates picked). With w < d, Wᵀ = Q R (reduced
+        // QR): carry R's w rows instead of d.
+        const auto rows = picked.defined() ? Wt.index_select(0, picked) : Wt;
         if (reduce) {
-          auto [Q, R] = at::linalg_qr(Wt, "reduced");
+          auto [Q, R] = at::linalg_qr(rows, "reduced");
           J.core = R;
           J.Q = Q;
         } else {
-          J.core = Wt;
+          J.core = rows;
         }
       } else if (!stepped) {
         J.linear(Wt, n);
@@ -1573,6 +1600,27 @@ at::Tensor detail::graph_point(const at::Tensor& x) {
   return alias ? x.detach().requires_grad_() : x;
 }
 
+std::pair<at::Tensor, Function> detail::pick_coordinates(const char* op, const Function& f,
+                                                         const at::Tensor& x,
+                                                         const std::vector<int64_t>& coords) {
+  TORCH_CHECK_VALUE(x.defined() && x.dim() >= 1, op, ": x must have shape batch + (d,)");
+  const auto d_in = x.size(-1);
+  coordinate_count(op, coords, d_in);
+  std::vector<int64_t> rows;
+  for (auto c : coords) rows.push_back(c < 0 ? c + d_in : c);
+  const auto picked = at::tensor(rows, x.options().dtype(at::kLong));
+  const auto base = x.reshape({-1, d_in});
+  Function inner = [f, base, picked, d_in](const at::Tensor& p) {
+    const auto flat = p.reshape({-1, p.size(-1)});
+    const auto copies = flat.size(0) / std::max<int64_t>(1, base.size(0));
+    const auto full = (copies == 1 ? base : base.repeat({copies, 1})).index_copy(-1, picked, flat);
+    auto shape = p.sizes().vec();
+    shape.back() = d_in;
+    return f(full.reshape(shape));
+  };
+  return {x.index_select(-1, picked), inner};
+}
+
 namespace {
 
 // The function form on u = f(x), or forward-over-reverse; `graph` is the graph-form operator.
@@ -1581,6 +1629,12 @@ std::tuple<at::Tensor, at::Tensor> function_form(const char* op, const Function&
                                                  const at::Tensor& x, const Options& options,
                                                  bool second_order, Graph graph) {
   TORCH_CHECK_VALUE(static_cast<bool>(f), op, ": f is an empty function");
+  if (!options.coords().empty()) {  // f of the picked coordinates, the others held fixed
+    auto [xs, f_xs] = detail::pick_coordinates(op, f, x, options.coords());
+    auto rest = options;
+    rest.coords({});
+    return function_form(op, f_xs, xs, rest, second_order, graph);
+  }
   const auto& method = options.method();
   TORCH_CHECK_VALUE(method != "forward", op, ": method 'forward' needs an MLP whose layers diffops "
                     "can read: pass a torch::nn::Sequential (#include <diffops/nn.h>)");

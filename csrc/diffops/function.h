@@ -57,9 +57,18 @@ const std::vector<std::string>& forward_laplacian_activations();
 ///                H_i = Σ over activation units of (∂u_i/∂σ) σ'' (∂z/∂x)(∂z/∂x)ᵀ)
 /// With a first Linear of width w₁ < d the d tangents are carried as the w₁ rows of R in W₁ᵀ = QR
 /// (forward_tangents). Differentiable (create_graph semantics): the result trains the weights.
+/// `coords` (Options::coords): the coordinates of x to differentiate along, in order (the first
+/// Linear's tangents are the rows of Wᵀ for those coordinates; the others only enter the value);
+/// empty: all d. Every "d" above is then coords.size().
 std::tuple<at::Tensor, at::Tensor> value_and_derivative(const std::string& op,
                                                         const at::Tensor& x,
-                                                        const std::vector<Step>& mlp);
+                                                        const std::vector<Step>& mlp,
+                                                        const std::vector<int64_t>& coords = {});
+
+/// The number of coordinates an operator with Options::coords differentiates along: coords.size(),
+/// or d when empty. Raises c10::ValueError naming `op` unless the entries are distinct and in
+/// [-d, d).
+int64_t coordinate_count(const char* op, const std::vector<int64_t>& coords, int64_t d);
 
 /// How many tangent vectors per point value_and_derivative carries for op: min(d, w₁) for an MLP
 /// whose first step is a Linear of width w₁, else d.
@@ -93,6 +102,12 @@ int64_t cache_limit();
 int64_t set_cache_limit(int64_t bytes);
 
 namespace detail {
+/// The function form's Options::coords for any callable: the picked coordinates of x, xs
+/// (batch + (coords.size(),)), as the points, and f_xs(p) = f(x with its coords columns replaced
+/// by p) (p may stack copies of the points: forward-over-reverse). Validates coords (naming op).
+std::pair<at::Tensor, std::function<at::Tensor(const at::Tensor&)>> pick_coordinates(
+    const char* op, const std::function<at::Tensor(const at::Tensor&)>& f, const at::Tensor& x,
+    const std::vector<int64_t>& coords);
 /// x as the function form's graph fallbacks differentiate it: a floating x that does not require
 /// grad becomes a detached alias that does (its caller wants no derivative to x); anything else
 /// (x requiring grad, an inference tensor, a bad x for the operator to name) is returned as is.

@@ -9,7 +9,7 @@ namespace diffops {
 at::Tensor gradient(const at::Tensor& u, const at::Tensor& x, const Options& options) {
   detail::Field f("gradient", u, x);
   const auto method = detail::choose(f, options).method;
-  f.check_structure(options.check_structure());
+  f.check_options(options);
   return f.result(
       detail::jacobian_of(f, options.create_graph(), method == detail::Method::batched));
 }
@@ -20,13 +20,15 @@ at::Tensor gradient(const at::Tensor& u, at::TensorList coordinates, const Optio
                   static_cast<int64_t>(coordinates.size()), f.components);
   TORCH_CHECK_VALUE(!options.check_structure(), "gradient: check_structure is not available with "
                     "separate coordinate tensors; pass the points as one tensor x to check them");
+  TORCH_CHECK_VALUE(options.coords().empty(), "gradient: coords is for the function form; with "
+                    "separate coordinate tensors pass the ones to differentiate along");
   return f.result(f.gradient(options.create_graph()));
 }
 
 at::Tensor jacobian(const at::Tensor& v, const at::Tensor& x, const Options& options) {
   detail::Field f("jacobian", v, x, detail::Layout::pointwise, "v");
   const auto method = detail::choose(f, options).method;
-  f.check_structure(options.check_structure());
+  f.check_options(options);
   return f.result(
       detail::jacobian_of(f, options.create_graph(), method == detail::Method::batched));
 }
@@ -38,7 +40,7 @@ at::Tensor along(const char* op, const char* w_name, const at::Tensor& u, const 
                  const at::Tensor& direction, const Options& options) {
   detail::Field f(op, u, x);
   detail::choose(f, options);
-  f.check_structure(options.check_structure());
+  f.check_options(options);
   const auto dir = detail::per_point_vectors(op, w_name, direction, x.sizes(), "x's shape", x, "x");
   const bool keep = f.keep(options.create_graph());
   if (f.components == 1) {

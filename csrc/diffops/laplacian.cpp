@@ -9,7 +9,7 @@ namespace diffops {
 at::Tensor laplacian(const at::Tensor& u, const at::Tensor& x, const Options& options) {
   detail::Field f("laplacian", u, x);
   const auto method = detail::choose(f, options).method;
-  f.check_structure(options.check_structure());
+  f.check_options(options);
   const bool keep = f.keep(options.create_graph());
   std::vector<at::Tensor> parts;
   for (int64_t c = 0; c < f.components; ++c) {
@@ -38,7 +38,7 @@ at::Tensor laplacian(const at::Tensor& u, const at::Tensor& x, const Options& op
 at::Tensor hessian(const at::Tensor& u, const at::Tensor& x, const Options& options) {
   detail::Field f("hessian", u, x);
   const auto method = detail::choose(f, options).method;
-  f.check_structure(options.check_structure());
+  f.check_options(options);
   const bool keep = f.keep(options.create_graph());
   std::vector<at::Tensor> parts;
   for (int64_t c = 0; c < f.components; ++c) {

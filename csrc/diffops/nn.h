@@ -68,8 +68,10 @@ std::tuple<at::Tensor, at::Tensor> sequential_form(const char* op, torch::nn::Se
   const auto& method = options.method();
   if (method == "forward" || method == "auto") {
     auto steps = mlp_steps(net);
-    if (steps && (method == "forward" || forward_is_auto(op, input_dim(x), *steps)))
-      return value_and_derivative(op, x, *steps);
+    const auto& coords = options.coords();
+    const int64_t d = coords.empty() ? input_dim(x) : static_cast<int64_t>(coords.size());
+    if (steps && (method == "forward" || forward_is_auto(op, d, *steps)))
+      return value_and_derivative(op, x, *steps, coords);
     TORCH_CHECK_VALUE(method == "auto", op, ": method 'forward' needs a Sequential of Linear "
                       "layers and Tanh, Sigmoid, Softplus(), SiLU, GELU(), Identity; use 'auto' "
                       "to fall back to the graph form");
@@ -121,9 +123,11 @@ inline Plan explain(const std::string& op, torch::nn::Sequential& net, const at:
       op == "laplacian" || op == "hessian" || op == "divergence" || op == "jacobian";
   auto steps = forward_op && (method == "forward" || method == "auto") ? mlp_steps(net)
                                                                        : std::nullopt;
-  if (steps && (method == "forward" || forward_is_auto(op, detail::input_dim(x), *steps))) {
-    const int64_t d = detail::input_dim(x);
-    TORCH_CHECK_VALUE(d > 0, op, ": x must have shape batch + (d,)");
+  const auto& coords = options.coords();
+  const int64_t picked = coords.empty() ? detail::input_dim(x) : static_cast<int64_t>(coords.size());
+  if (steps && (method == "forward" || forward_is_auto(op, picked, *steps))) {
+    TORCH_CHECK_VALUE(detail::input_dim(x) > 0, op, ": x must have shape batch + (d,)");
+    const int64_t d = coordinate_count(op.c_str(), coords, detail::input_dim(x));
     const int64_t tangents = forward_tangents(op, d, *steps);
     std::string reason =
         method == "auto" ? "auto: the model is an MLP diffops propagates forward" : "asked for";
@@ -132,16 +136,24 @@ inline Plan explain(const std::string& op, torch::nn::Sequential& net, const at:
                 ": the first layer's width (W1ᵀ = QR)";
     return {"forward", 1, forward_products(op, d, *steps), reason};
   }
-  // the field as the function form's fallbacks compute it (x need not require grad)
+  // the field as the function form's fallbacks compute it (x need not require grad), of the
+  // coordinates picked when coords is given
   at::AutoGradMode enable_grad(true);
-  const auto xg = detail::graph_point(x);
-  auto u = net->forward(xg);
-  if (method == "forward-over-reverse" && (op == "laplacian" || op == "hessian")) {
-    const int64_t points = std::max<int64_t>(1, x.numel() / x.size(-1));
-    const int64_t components = u.numel() / points;
-    return {method, 1 + components, components * x.size(-1), "asked for"};
+  Function f = [&net](const at::Tensor& p) { return net->forward(p); };
+  at::Tensor points = x;
+  auto rest = options;
+  if (!coords.empty()) {
+    std::tie(points, f) = detail::pick_coordinates(op.c_str(), f, x, coords);
+    rest.coords({});
   }
-  return explain(op, u, xg, options);
+  const auto xg = detail::graph_point(points);
+  auto u = f(xg);
+  if (method == "forward-over-reverse" && (op == "laplacian" || op == "hessian")) {
+    const int64_t count = std::max<int64_t>(1, xg.numel() / xg.size(-1));
+    const int64_t components = u.numel() / count;
+    return {method, 1 + components, components * xg.size(-1), "asked for"};
+  }
+  return explain(op, u, xg, rest);
 }
 
 }  // namespace diffops

@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <vector>
 
 namespace diffops {
 
@@ -40,6 +41,16 @@ struct Options {
   TORCH_ARG(int64_t, samples) = 1;
   /// Random source for "hutchinson" probes (on x's device); the default generator when unset.
   TORCH_ARG(std::optional<at::Generator>, generator) = std::nullopt;
+  /// Function form only (laplacian, divergence, hessian, jacobian of a model f): the coordinates
+  /// of x the operator differentiates along, in order; empty: all d. f still sees every
+  /// coordinate, the others (time t of u(x, t), a CNF's t in f(cat(t, z))) are held fixed:
+  ///   laplacian    Σ_{i ∈ coords} ∂²u/∂x_i²
+  ///   divergence   Σ_k ∂v_k/∂x_{coords[k]}     (v needs coords.size() components)
+  ///   jacobian     ∂u_i/∂x_{coords[k]}, comp + (coords.size(),)
+  ///   hessian      ∂²u/∂x_{coords[k]}∂x_{coords[l]}, comp + (coords.size(), coords.size())
+  /// Entries are distinct, in [-d, d) (negative counts from the end). The graph form takes the
+  /// tensor of those coordinates as x instead (a separate leaf), and raises if coords is given.
+  TORCH_ARG(std::vector<int64_t>, coords) = {};
 };
 
 }  // namespace diffops

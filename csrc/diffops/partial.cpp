@@ -15,7 +15,7 @@ at::Tensor partial(const at::Tensor& u, const at::Tensor& x, at::IntArrayRef ind
                       ", out of range for d = ", f.d, " coordinates (x has shape ", x.sizes(), ")");
   const auto order = static_cast<int64_t>(index.size());
   detail::choose(f, options, order);
-  f.check_structure(options.check_structure());
+  f.check_options(options);
   const bool keep = f.keep(options.create_graph());
   std::vector<at::Tensor> parts;
   for (int64_t c = 0; c < f.components; ++c) {
@@ -37,7 +37,7 @@ at::Tensor derivative(const at::Tensor& y, const at::Tensor& x, int64_t order,
   detail::Field f("derivative", y, x, detail::Layout::elementwise, "y");
   detail::check_positive("derivative", order, "order");
   detail::choose(f, options, order);
-  f.check_structure(options.check_structure());
+  f.check_options(options);
   const bool keep = f.keep(options.create_graph());
   auto cur = f.vjp_field(at::ones_like(y), order == 1 ? keep : true);
   for (int64_t k = 2; k <= order; ++k) cur = f.vjp(cur, at::ones_like(cur), k == order ? keep : true);

@@ -68,10 +68,11 @@ std::vector<diffops::Step> steps_of(const char* name, const OptionalTensors& wei
 std::tuple<at::Tensor, at::Tensor> value_and_derivative(c10::string_view op, T x,
                                                         const OptionalTensors& weights,
                                                         const OptionalTensors& biases,
-                                                        std::vector<std::string> kinds) {
+                                                        std::vector<std::string> kinds,
+                                                        std::vector<int64_t> coords) {
   GilRelease g;
   return diffops::value_and_derivative(
-      std::string(op), x, steps_of("value_and_derivative", weights, &biases, kinds));
+      std::string(op), x, steps_of("value_and_derivative", weights, &biases, kinds), coords);
 }
 int64_t forward_tangents(c10::string_view op, int64_t d, const OptionalTensors& weights,
                          std::vector<std::string> kinds) {
@@ -150,8 +151,8 @@ TORCH_LIBRARY(diffops, m) {
   m.def("_derivatives_row(Tensor base, Tensor[] x, bool coordinates) -> Tensor", &derivatives_row);
   // the function form's forward propagation through an MLP (python/diffops/_function.py);
   // undefined weights for activation steps
-  m.def("value_and_derivative(str op, Tensor x, Tensor?[] weights, Tensor?[] biases, str[] kinds)"
-        " -> (Tensor, Tensor)", &value_and_derivative);
+  m.def("value_and_derivative(str op, Tensor x, Tensor?[] weights, Tensor?[] biases, str[] kinds,"
+        " int[] coords=[]) -> (Tensor, Tensor)", &value_and_derivative);
   m.def("forward_tangents(str op, int d, Tensor?[] weights, str[] kinds) -> int", &forward_tangents);
   m.def("forward_products(str op, int d, Tensor?[] weights, str[] kinds) -> int", &forward_products);
   m.def("forward_is_auto(str op, int d, Tensor?[] weights, str[] kinds) -> bool", &forward_is_auto);

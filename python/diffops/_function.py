@@ -12,7 +12,7 @@ operator) or, with ``method="forward-over-reverse"``, forward-mode tangents thro
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import torch
@@ -30,7 +30,7 @@ def _columns(steps: list) -> tuple[list, list, list]:
     return list(kinds), list(weights), list(biases)
 
 
-def _forward_is_auto(op: str, x: Tensor, steps: list) -> bool:
+def _forward_is_auto(op: str, x: Tensor, steps: list, coords: list[int] | None = None) -> bool:
     """Whether "auto" takes the forward propagation: diffops::forward_is_auto's rule — Laplacian,
     divergence and Hessian always, the Jacobian when it carries no more tangents than it has outputs
     (benchmarks/bench_operators.py). Mirrored in Python because torch.compile cannot trace an op
@@ -39,7 +39,7 @@ def _forward_is_auto(op: str, x: Tensor, steps: list) -> bool:
         return True
     if op != "jacobian" or not isinstance(x, Tensor) or x.dim() == 0:
         return False
-    d = x.shape[-1]
+    d = x.shape[-1] if coords is None else len(coords)
     linears = [weight for kind, weight, _ in steps if kind == "linear" and weight is not None and weight.dim() == 2]
     outputs = linears[-1].shape[0] if linears else d
     first = steps[0] if steps else None
@@ -158,6 +158,51 @@ def _forward_over_reverse(op: str, f: Callable[[Tensor], Tensor], x: Tensor, cre
     return value, hess if create_graph else hess.detach()
 
 
+def checked_coords(op: str, coords, x: Tensor) -> list[int] | None:
+    """``coords`` as a list of ints, validated as diffops::coordinate_count does (same messages):
+    distinct entries in ``[-d, d)``; None stays None."""
+    if coords is None:
+        return None
+    if isinstance(coords, Tensor):
+        coords = coords.tolist()
+    if isinstance(coords, (str, bytes)) or not all(
+        isinstance(c, int) and not isinstance(c, bool) for c in (coords if isinstance(coords, Sequence) else [None])
+    ):
+        raise ValueError(f"{op}: coords must be a sequence of ints (coordinate indices of x); got {coords!r}")
+    coords = list(coords)
+    if not coords:
+        raise ValueError(f"{op}: coords is empty; pass None to differentiate along every coordinate")
+    if not isinstance(x, Tensor) or x.dim() < 1:
+        raise ValueError(f"{op}: x must have shape batch + (d,)")
+    d = x.shape[-1]
+    seen = set()
+    for c in coords:
+        if not -d <= c < d:
+            raise ValueError(f"{op}: coords entry {c} is out of range for d = {d} coordinates")
+        i = c % d
+        if i in seen:
+            raise ValueError(f"{op}: coords names coordinate {i} twice")
+        seen.add(i)
+    return coords
+
+
+def pick_coordinates(f: Callable[[Tensor], Tensor], x: Tensor, coords: list[int]) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
+    """(xs, f_xs) for the function form's ``coords`` (diffops::detail::pick_coordinates): the picked
+    columns of x as the points, and f of them with x's other columns held fixed (p may stack
+    copies of the points, as forward-over-reverse does)."""
+    d = x.shape[-1]
+    picked = torch.tensor([c % d for c in coords], dtype=torch.long, device=x.device)
+    base = x.reshape(-1, d)
+
+    def f_xs(p: Tensor) -> Tensor:
+        flat = p.reshape(-1, p.shape[-1])
+        copies = flat.shape[0] // max(1, base.shape[0])
+        full = (base if copies == 1 else base.repeat(copies, 1)).index_copy(-1, picked, flat)
+        return f(full.reshape(*p.shape[:-1], d))
+
+    return x.index_select(-1, picked), f_xs
+
+
 def graph_point(x: Tensor) -> Tensor:
     """x as the function form's graph fallbacks differentiate it (diffops::detail::graph_point): a
     floating x that does not require grad becomes a detached alias that does (its caller wants no
@@ -168,20 +213,31 @@ def graph_point(x: Tensor) -> Tensor:
 
 
 def function_form(
-    op: str, graph: Callable[..., Tensor], f: Callable[[Tensor], Tensor], x: Tensor, method: str, **graph_options
+    op: str,
+    graph: Callable[..., Tensor],
+    f: Callable[[Tensor], Tensor],
+    x: Tensor,
+    method: str,
+    coords=None,
+    **graph_options,
 ) -> tuple[Tensor, Tensor]:
-    """``(f(x), op(f(x), x))`` by the strategy ``method`` names; ``graph`` is the graph-form operator."""
+    """``(f(x), op(f(x), x))`` by the strategy ``method`` names; ``graph`` is the graph-form operator.
+    With ``coords``, along those coordinates of x only (the others held fixed)."""
+    coords = checked_coords(op, coords, x)
     if method in ("forward", "auto"):
         steps = mlp_steps(f) if op in _FORWARD_OPS else None
-        if steps is not None and (method == "forward" or _forward_is_auto(op, x, steps)):
+        if steps is not None and (method == "forward" or _forward_is_auto(op, x, steps, coords)):
             kinds, weights, biases = _columns(steps)
-            return _ops.value_and_derivative(op, x, weights, biases, kinds)
+            return _ops.value_and_derivative(op, x, weights, biases, kinds, coords or [])
         if method == "forward":
             raise ValueError(
                 f"{op}: method='forward' needs f to be a torch.nn.Sequential of Linear layers and "
                 "supported activations (Tanh, diffops.Sin, Sigmoid, Softplus(), SiLU, GELU(), Identity); "
                 f"got {type(f).__name__}. Use method='auto' to fall back to the graph form"
             )
+    if coords is not None:  # f of the picked coordinates, the others held fixed
+        xs, f_xs = pick_coordinates(f, x, coords)
+        return function_form(op, graph, f_xs, xs, method, **graph_options)
     if method == "forward-over-reverse":
         if op not in ("laplacian", "hessian"):
             raise ValueError(f"{op}: method 'forward-over-reverse' is for laplacian and hessian; got it for {op}")
@@ -204,13 +260,16 @@ def function_form(
     return u, derivative
 
 
-def function_plan(op: str, f: Callable[[Tensor], Tensor], x: Tensor, method: str, **options) -> Plan | None:
-    """The function form's own plans ("forward", "forward-over-reverse"); None: the graph form's."""
+def function_plan(
+    op: str, f: Callable[[Tensor], Tensor], x: Tensor, method: str, coords: list[int] | None = None
+) -> Plan | None:
+    """The function form's own plans ("forward", "forward-over-reverse"); None: the graph form's.
+    ``coords``: checked_coords' list, or None."""
     if not isinstance(x, Tensor) or x.dim() == 0:
         raise ValueError(f"{op}: x must have shape batch + (d,)")
-    d = x.shape[-1]
+    d = x.shape[-1] if coords is None else len(coords)
     steps = mlp_steps(f) if op in _FORWARD_OPS and method in ("forward", "auto") else None
-    if steps is not None and (method == "forward" or _forward_is_auto(op, x, steps)):
+    if steps is not None and (method == "forward" or _forward_is_auto(op, x, steps, coords)):
         kinds, weights, _ = _columns(steps)
         tangents = _ops.forward_tangents(op, d, weights, kinds)
         reason = "auto: the model is an MLP diffops propagates forward" if method == "auto" else "asked for"

@@ -25,7 +25,14 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from ._function import Plan, function_form, function_plan, graph_point
+from ._function import Plan, checked_coords, function_form, function_plan, graph_point, pick_coordinates
+
+# The graph form's answer to coords (diffops::detail::Field::check_options): its x is already the
+# tensor u was computed from.
+_GRAPH_COORDS = (
+    "{op}: coords is for the function form ({op}(f, x)); in the graph form pass the tensor of those "
+    "coordinates as x (a leaf of its own that u is computed from)"
+)
 
 _ops = torch.ops.diffops
 
@@ -95,6 +102,7 @@ def jacobian(
     create_graph: bool = True,
     check_structure: bool = False,
     method: str = "auto",
+    coords: Sequence[int] | None = None,
 ) -> Tensor | tuple[Tensor, Tensor]:
     r"""Jacobian of a field: :math:`J_{ij} = \partial v_i / \partial x_j` at every point.
 
@@ -112,6 +120,8 @@ def jacobian(
             ``"loop"`` (one product per component), ``"batched"`` (the same seeds stacked through
             one reverse pass, as ``autograd.grad(is_grads_batched=True)``) or ``"forward"``
             (function form).
+        coords: function form only: the coordinates of ``x`` to differentiate along, in order (the
+            Jacobian's columns ``∂v_i/∂x_{coords[k]}``); the others are held fixed. ``None``: all.
 
     Returns:
         Tensor of shape ``v.shape + (d,)`` with ``J[..., i, j] = ∂v_i/∂x_j``. Cost: one product per
@@ -132,7 +142,9 @@ def jacobian(
         True
     """
     if callable(v) and not isinstance(v, Tensor):
-        return function_form("jacobian", jacobian, v, x, method, create_graph=create_graph, check_structure=check_structure)
+        return function_form("jacobian", jacobian, v, x, method, coords, create_graph=create_graph, check_structure=check_structure)
+    if coords is not None:
+        raise ValueError(_GRAPH_COORDS.format(op="jacobian"))
     return _ops.jacobian(v, x, create_graph=create_graph, check_structure=check_structure, method=method)
 
 
@@ -211,6 +223,7 @@ def divergence(
     method: str = "auto",
     samples: int = 1,
     generator: torch.Generator | None = None,
+    coords: Sequence[int] | None = None,
 ) -> Tensor | tuple[Tensor, Tensor]:
     r"""Divergence :math:`\nabla\cdot v = \sum_i \partial v_i / \partial x_i` of a vector field.
 
@@ -233,6 +246,9 @@ def divergence(
             diagonal. For high ``d`` in training (continuous normalizing flows), not for evaluation.
         samples: number of probes for ``"hutchinson"``.
         generator: random source of the probes (on ``x``'s device), for reproducible estimates.
+        coords: function form only: the coordinates of ``x`` to differentiate along, in order:
+            :math:`\sum_k \partial v_k / \partial x_{coords[k]}`, so ``v`` has ``len(coords)`` components
+            (a CNF field ``f(cat(t, z))`` takes ``coords=range(1, d + 1)``); the others are held fixed.
 
     Returns:
         Tensor of shape ``v.shape[:-1]``. Cost: ``d`` products per vector field, each contributing
@@ -256,7 +272,9 @@ def divergence(
     """
     if callable(v) and not isinstance(v, Tensor):
         options = dict(create_graph=create_graph, check_structure=check_structure, samples=samples, generator=generator)
-        return function_form("divergence", divergence, v, x, method, **options)
+        return function_form("divergence", divergence, v, x, method, coords, **options)
+    if coords is not None:
+        raise ValueError(_GRAPH_COORDS.format(op="divergence"))
     return _ops.divergence(
         v,
         x,
@@ -312,6 +330,7 @@ def laplacian(
     method: str = "auto",
     samples: int = 1,
     generator: torch.Generator | None = None,
+    coords: Sequence[int] | None = None,
 ) -> Tensor | tuple[Tensor, Tensor]:
     r"""Laplacian :math:`\Delta u = \sum_i \partial^2 u / \partial x_i^2`, per component.
 
@@ -344,6 +363,9 @@ def laplacian(
             :math:`2\sum_{i\ne j} H_{ij}^2`, divided by ``k``.
         samples: number of probes for ``"hutchinson"``.
         generator: random source of the probes (on ``x``'s device), for reproducible estimates.
+        coords: function form only: the coordinates of ``x`` to differentiate along, the others held
+            fixed (``u(x, t)``: ``coords=[0, 1]`` gives :math:`\Delta_x u`). Entries distinct, in
+            ``[-d, d)``; ``None``: all. The graph form takes those coordinates as a leaf ``x`` of their own.
 
     Returns:
         Tensor of shape ``u.shape``. Cost: ``1 + d`` products per component; the Hessian is never
@@ -369,10 +391,18 @@ def laplacian(
         >>> value, lap = diffops.laplacian(net, p)          # forward Laplacian, shapes (5, 1)
         >>> torch.allclose(lap, diffops.laplacian(net(p), p), rtol=1e-12, atol=1e-14)
         True
+        >>> heat = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1)).double()
+        >>> xt = torch.rand(5, 3, dtype=torch.float64)      # (x0, x1, t): Δ over x, t held fixed
+        >>> u, lap_x = diffops.laplacian(heat, xt, coords=[0, 1])
+        >>> H = torch.func.vmap(torch.func.hessian(lambda q: heat(q)[0]))(xt)
+        >>> torch.allclose(lap_x[:, 0], H[:, 0, 0] + H[:, 1, 1], rtol=1e-12, atol=1e-14)
+        True
     """
     if callable(u) and not isinstance(u, Tensor):
         options = dict(create_graph=create_graph, check_structure=check_structure, samples=samples, generator=generator)
-        return function_form("laplacian", laplacian, u, x, method, **options)
+        return function_form("laplacian", laplacian, u, x, method, coords, **options)
+    if coords is not None:
+        raise ValueError(_GRAPH_COORDS.format(op="laplacian"))
     return _ops.laplacian(
         u,
         x,
@@ -391,6 +421,7 @@ def hessian(
     create_graph: bool = True,
     check_structure: bool = False,
     method: str = "auto",
+    coords: Sequence[int] | None = None,
 ) -> Tensor | tuple[Tensor, Tensor]:
     r"""Hessian :math:`H_{ij} = \partial^2 u / \partial x_i \partial x_j`, per component.
 
@@ -410,6 +441,8 @@ def hessian(
         method: ``"auto"`` (``"loop"``; ``"forward"`` for a supported model in the function form),
             ``"loop"``, ``"batched"`` (the ``d`` second products through one reverse pass),
             ``"forward"`` or ``"forward-over-reverse"`` (function form, see :func:`laplacian`).
+        coords: function form only: the coordinates of ``x`` to differentiate along, in order (the
+            ``len(coords)²`` block of the Hessian); the others are held fixed. ``None``: all.
 
     Returns:
         Tensor of shape ``u.shape + (d, d)``. Cost: ``1 + d`` products per component.
@@ -429,7 +462,9 @@ def hessian(
         True
     """
     if callable(u) and not isinstance(u, Tensor):
-        return function_form("hessian", hessian, u, x, method, create_graph=create_graph, check_structure=check_structure)
+        return function_form("hessian", hessian, u, x, method, coords, create_graph=create_graph, check_structure=check_structure)
+    if coords is not None:
+        raise ValueError(_GRAPH_COORDS.format(op="hessian"))
     return _ops.hessian(u, x, create_graph=create_graph, check_structure=check_structure, method=method)
 
 
@@ -518,6 +553,7 @@ def explain(
     method: str = "auto",
     samples: int = 1,
     check_structure: bool = False,
+    coords: Sequence[int] | None = None,
 ) -> Plan:
     r"""What ``op(u, x, method=...)`` does and costs, before running it (``diffops::explain`` in C++).
 
@@ -547,10 +583,15 @@ def explain(
         ('forward', 1, 9)
     """
     if callable(u) and not isinstance(u, Tensor):
-        plan = function_plan(op, u, x, method)
+        coords = checked_coords(op, coords, x)
+        plan = function_plan(op, u, x, method, coords)
         if plan is not None:
             return plan
+        if coords is not None:  # the picked coordinates, the others held fixed
+            x, u = pick_coordinates(u, x, coords)
         with torch.enable_grad():  # the field as the function form's fallbacks compute it
             x = graph_point(x)
             u = u(x)
+    elif coords is not None:
+        raise ValueError(_GRAPH_COORDS.format(op=op))
     return Plan(*_ops.explain(op, u, x, check_structure=check_structure, method=method, samples=samples))

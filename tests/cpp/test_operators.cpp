@@ -321,6 +321,49 @@ TEST(FunctionForm, SequentialAndCallableFormsEqualTheGraphForm) {
          "divergence: method 'forward-over-reverse' is for laplacian and hessian");
 }
 
+TEST(FunctionForm, AlongSomeCoordinatesOnly) {
+  // u(x, t) of 3 inputs: Δ over x = (x0, x1) with t held fixed, the Hessian block of (x2, x0) and
+  // a divergence over the last two coordinates; the forward propagation (a Sequential), the
+  // callable form and forward-over-reverse against the full graph-form Hessian and Jacobian.
+  torch::manual_seed(7);
+  torch::nn::Sequential net(torch::nn::Linear(3, 12), torch::nn::Tanh(), torch::nn::Linear(12, 12),
+                            torch::nn::SiLU(), torch::nn::Linear(12, 1));
+  net->to(torch::kFloat64);
+  auto xt = torch::randn({7, 3}, torch::kFloat64).requires_grad_();
+  auto u = net->forward(xt);
+  auto H = diffops::hessian(u, xt);  // (7, 1, 3, 3)
+  auto lap_x = H.select(-1, 0).select(-1, 0) + H.select(-1, 1).select(-1, 1);
+  const auto space = diffops::Options().coords({0, 1});
+  auto [value, lap] = diffops::laplacian(net, xt, space);
+  EXPECT_TRUE(torch::allclose(value, u, 1e-13, 1e-14));
+  EXPECT_TRUE(torch::allclose(lap, lap_x, 1e-11, 1e-13));
+  EXPECT_EQ(diffops::explain("laplacian", net, xt, space).products, 2 + 1);
+  diffops::Function f = [&net](const Tensor& p) { return net->forward(p); };
+  EXPECT_TRUE(torch::allclose(std::get<1>(diffops::laplacian(f, xt, space)), lap_x, 1e-11, 1e-13));
+  auto fwd_rev = diffops::Options().method("forward-over-reverse").coords({0, 1});
+  EXPECT_TRUE(torch::allclose(std::get<1>(diffops::laplacian(f, xt.detach(), fwd_rev)), lap_x, 1e-11, 1e-13));
+  auto idx = torch::tensor({2, 0});
+  auto block = H.index_select(-1, idx).index_select(-2, idx);
+  EXPECT_TRUE(torch::allclose(std::get<1>(diffops::hessian(net, xt, diffops::Options().coords({-1, 0}))),
+                              block, 1e-11, 1e-13));
+  lap.pow(2).sum().backward();  // trains: the weights get a gradient
+  EXPECT_TRUE(net->parameters()[0].grad().defined());
+
+  torch::nn::Sequential field(torch::nn::Linear(3, 8), torch::nn::Tanh(), torch::nn::Linear(8, 2));
+  field->to(torch::kFloat64);
+  auto v = field->forward(xt);
+  auto J = diffops::jacobian(v, xt);  // (7, 2, 3)
+  auto div_tail = J.select(1, 0).select(-1, 1) + J.select(1, 1).select(-1, 2);
+  EXPECT_TRUE(torch::allclose(std::get<1>(diffops::divergence(field, xt, diffops::Options().coords({1, 2}))),
+                              div_tail, 1e-11, 1e-13));
+  auto expect = expect_error<c10::ValueError>;
+  expect([&] { diffops::laplacian(net, xt, diffops::Options().coords({0, 0})); },
+         "laplacian: coords names coordinate 0 twice");
+  expect([&] { diffops::laplacian(f, xt, diffops::Options().coords({3})); },
+         "laplacian: coords entry 3 is out of range for d = 3 coordinates");
+  expect([&] { diffops::laplacian(u, xt, space); }, "laplacian: coords is for the function form");
+}
+
 TEST(FunctionForm, ReducedBasisForNarrowFirstLayers) {
   // d = 24 inputs into a first layer of width 6: 6 tangents (R of W₁ᵀ = QR) carry everything.
   torch::manual_seed(2);
