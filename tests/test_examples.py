@@ -42,8 +42,10 @@ def test_pinn_example_trains_and_plots(script, args, tmp_path):
 def test_cnf_example_compares_exact_and_hutchinson(tmp_path):
     out = run(EXAMPLES / "cnf.py", "--steps", "5", "--batch", "64", "--euler", "2", "--out", tmp_path)
     assert out.returncode == 0, out.stdout + out.stderr
-    assert re.search(r"cnf +exact: .* test NLL \(exact divergence\) -?\d", out.stdout)
-    assert re.search(r"cnf hutchinson: ", out.stdout)
+    nll = dict(re.findall(r"cnf +([\w-]+): .* test NLL \(exact divergence\) (-?\d+\.\d+)", out.stdout))
+    assert set(nll) == {"exact", "exact-graph", "hutchinson"}, out.stdout
+    # the function form along z and the graph form train the same flow on the same batches
+    assert abs(float(nll["exact"]) - float(nll["exact-graph"])) < 2e-3, nll
     assert re.search(r"^\s+128\s", out.stdout, re.M)  # the estimator table reaches d = 128
     assert (tmp_path / "cnf.png").stat().st_size > 10_000
 
