@@ -16,7 +16,8 @@
 #include <diffops/nn.h>
 #include <torch/torch.h>
 
-#include <chrono>
+#include "training.h"
+
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -63,20 +64,7 @@ int main(int argc, char** argv) {
     return residual.pow(2).mean() + 10 * (boundary.pow(2).mean() + initial.pow(2).mean());
   };
 
-  const auto start = std::chrono::steady_clock::now();
-  double first = 0, last = 0;
-  for (int64_t step = 0; step < steps; ++step) {
-    opt.zero_grad();
-    auto loss = loss_fn();
-    loss.backward();
-    opt.step();
-    last = loss.item<double>();
-    if (step == 0) first = last;
-    if (step % std::max<int64_t>(1, steps / 10) == 0 || step + 1 == steps)
-      std::printf("step %5lld  loss %.4e\n", static_cast<long long>(step), last);
-  }
-  const double seconds =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  const auto [first, last, seconds] = train(opt, loss_fn, steps);
 
   auto g = torch::linspace(0, 1, 41), gt = torch::linspace(0, 1, 11);
   auto mesh = torch::meshgrid({g, g, gt}, "ij");
