@@ -561,6 +561,12 @@ def test_function_form_coords_errors():
             diffops.hessian(f, x, coords=[0, 3])
         with pytest.raises(ValueError, match=r"^jacobian: coords must be a sequence of ints"):
             diffops.jacobian(f, x, coords=[0.5])
+        with pytest.raises(ValueError, match=r"^jacobian: coords must be a sequence of ints"):
+            diffops.jacobian(f, x, coords=[True, 0])
+        # any sequence of integers names the same coordinates: a range, a tensor, negatives
+        want = diffops.laplacian(f, x, coords=[0, 2])[1]
+        for same in (range(0, 3, 2), torch.tensor([0, 2]), [0, -1]):
+            assert torch.equal(diffops.laplacian(f, x, coords=same)[1], want)
         with pytest.raises(ValueError, match=r"^laplacian: coords is empty; pass None"):
             diffops.laplacian(f, x, coords=[])
         with pytest.raises(ValueError, match=r"^divergence: the model maps d = 2 coordinates to 1 components"):

@@ -12,7 +12,8 @@ operator) or, with ``method="forward-over-reverse"``, forward-mode tangents thro
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import operator
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
@@ -165,11 +166,12 @@ def checked_coords(op: str, coords, x: Tensor) -> list[int] | None:
         return None
     if isinstance(coords, Tensor):
         coords = coords.tolist()
-    if isinstance(coords, (str, bytes)) or not all(
-        isinstance(c, int) and not isinstance(c, bool) for c in (coords if isinstance(coords, Sequence) else [None])
-    ):
-        raise ValueError(f"{op}: coords must be a sequence of ints (coordinate indices of x); got {coords!r}")
-    coords = list(coords)
+    try:  # ints, or integer scalars (numpy's), but not bools
+        if isinstance(coords, (str, bytes)) or any(isinstance(c, bool) for c in coords):
+            raise TypeError
+        coords = [operator.index(c) for c in coords]
+    except TypeError:
+        raise ValueError(f"{op}: coords must be a sequence of ints (coordinate indices of x); got {coords!r}") from None
     if not coords:
         raise ValueError(f"{op}: coords is empty; pass None to differentiate along every coordinate")
     if not isinstance(x, Tensor) or x.dim() < 1:
