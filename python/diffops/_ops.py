@@ -228,8 +228,11 @@ def divergence(
     r"""Divergence :math:`\nabla\cdot v = \sum_i \partial v_i / \partial x_i` of a vector field.
 
     **Function form**: ``divergence(f, x)`` returns ``(f(x), ∇·f(x))``; for a supported MLP (see
-    :func:`laplacian`) ``"auto"`` (or ``"forward"``) carries ``min(d, w₁)`` tangents forward with
-    the value — measured 1.3–5.5× faster in training than the reverse loop at ``d = 8…128``.
+    :func:`laplacian`) ``"auto"`` (or ``"forward"``) carries ``r = min(d, w₁)`` tangents forward
+    through the first half of the hidden layers and as many adjoints back through the rest, and
+    takes the trace where they meet (with two hidden layers and more tangents than half the width,
+    as a trilinear form whose cost per point is ``w³`` whatever ``d``) — measured 2.0–13.4× faster
+    in training than the reverse loop at ``d = 8…128``, float64, width 64 (docs/benchmarks.md).
 
     Args:
         v: vector field of shape ``batch + comp' + (d,)`` computed from ``x``; ``v[n]`` depends on
