@@ -958,14 +958,15 @@ struct MeetTrace : torch::autograd::Function<MeetTrace> {
 // (fewer when r < wj·wm / (wj + wm), half the width for equal widths). The backward takes two
 // products of the same size (MeetTrace: four of its own), gb and gs come from the pass's by-products
 // u = X s and y = bᵀX, and X is not kept.
+
 // C[j, m, l] = M[j, m] Ua[j, l] Ub[m, l] as (wj, wm·wl): the trilinear form's tensor (MeetCube)
-// from its factors, one pass (ATen's broadcast products took two, and five in the backward).
+// from its factors, one pass (ATen's broadcast products took two, and several in the backward).
 at::Tensor cube_tensor_kernel(const at::Tensor& M, const at::Tensor& Ua, const at::Tensor& Ub) {
   at::NoGradGuard no_grad;
   const auto wj = M.size(0), wm = M.size(1), wl = Ua.size(1);
-  if (!loops_on_cpu({M, Ua.contiguous(), Ub.contiguous()}))
+  const auto ua = Ua.contiguous(), ub = Ub.contiguous();  // Wᵀ is a transposed view
+  if (!loops_on_cpu({M, ua, ub}))
     return (M.unsqueeze(2) * Ua.unsqueeze(1) * Ub.unsqueeze(0)).view({wj, wm * wl});
-  const auto ua = Ua.contiguous(), ub = Ub.contiguous();
   auto C = cached_empty({wj, wm * wl}, M);
   AT_DISPATCH_FLOATING_TYPES(M.scalar_type(), "cube_tensor_kernel", [&] {
     const scalar_t *mv = M.const_data_ptr<scalar_t>(), *av = ua.const_data_ptr<scalar_t>(),
