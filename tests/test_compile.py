@@ -44,15 +44,16 @@ def test_compiled_pinn_step_matches_eager(backend, step, device):
             torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("op", ["laplacian", "divergence", "hessian", "jacobian"])
+@pytest.mark.parametrize(  # d = 24 into width 32: the divergence meets in the trilinear form (MeetCube)
+    "op,d", [("laplacian", 4), ("divergence", 4), ("hessian", 4), ("jacobian", 4), ("divergence", 24)])
 @pytest.mark.parametrize("backend", ["eager", "aot_eager"])
-def test_compiled_function_form_of_a_deep_mlp_matches_eager(op, backend, device):
+def test_compiled_function_form_of_a_deep_mlp_matches_eager(op, d, backend, device):
     """The tracer runs the kernels on fake tensors to learn the shapes: the forward propagation's
     CPU block cache (tensors of 1 MiB and more) and its CPU loops must stand aside for those. Three
     hidden layers of width 32 at 2048 points reach both: tangents of (2048, 4, 32) float64 are 2 MiB."""
     torch._dynamo.reset()
     torch.manual_seed(0)
-    d, width = 4, 32
+    width = 32
     out = {"laplacian": 1, "divergence": d, "hessian": 1, "jacobian": 2}[op]
     net = torch.nn.Sequential(torch.nn.Linear(d, width), torch.nn.Tanh(), torch.nn.Linear(width, width), torch.nn.Tanh(),
                               torch.nn.Linear(width, width), torch.nn.Tanh(), torch.nn.Linear(width, out)).double().to(device)
