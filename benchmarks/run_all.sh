@@ -29,6 +29,7 @@ ops --op laplacian --d 128 --points 8192 --memory --repeats 7 \
 ops --op laplacian --d 2 8 --points 1 --repeats 50 "$@" >"$out/laplacian_n1.md"
 ops --op divergence --d 2 8 32 --memory --matmul --repeats 7 "$@" >"$out/divergence_f64_w64.md"
 ops --op divergence --d 128 --memory --matmul --repeats 7 --skip batched "$@" >"$out/divergence_f64_w64_d128.md"
+ops --op divergence --d 8 32 128 --points 8192 --memory --repeats 7 --skip batched "$@" >"$out/divergence_f64_n8192.md"
 ops --op divergence --d 2 8 --points 1 --repeats 50 "$@" >"$out/divergence_n1.md"
 ops --op divergence --d 8 32 128 --dtype float32 --memory --matmul --repeats 7 --skip batched "$@" \
   >"$out/divergence_f32_w64.md"
