@@ -18,6 +18,8 @@ def _sync():
 
 SHORT_CALL_S = 1e-3  # a call shorter than this is timed several at a time (round_times) ...
 MIN_TIMING_S = 2e-3  # ... k calls in a row, k·(its time) >= this
+WARM_S = 2e-2  # before a timed call, untimed calls of the same method for about this long ...
+MAX_WARM_CALLS = 3  # ... at most this many (at least one)
 
 
 def round_times(fns, repeats, budget_s=None):
@@ -31,11 +33,15 @@ def round_times(fns, repeats, budget_s=None):
     right after another method's is timed with cold caches and one clock read, and its rounds
     scattered by ±50%; k calls in a row are the latency a loop of such calls sees.
 
-    In each round a function's timed call follows an untimed call of its own, as in a training
-    loop. Timed right after another method's call, it found the caches (this VM's L3 is shared
-    and large) full of that method's data: the forward divergence at d = 32, 5.7 ms on its own,
-    took 7.9 ms right after vmap(jacrev), which penalised the method with the smaller footprint."""
-    reps, calls = [], []
+    In each round a function's timed call follows untimed calls of its own, as in a training loop:
+    one, or up to MAX_WARM_CALLS while they take under WARM_S together. Timed right after another
+    method's call, it found the caches (this VM's L3 is shared and large) full of that method's
+    data: the forward divergence at d = 32, 5.7 ms on its own, took 7.9 ms right after
+    vmap(jacrev), which penalised the method with the smaller footprint. One untimed call does not
+    undo all of it: after another method's allocations (500 blocks of 512 KiB, say) the same call
+    took 6.1 ms after one untimed call, 5.75 after three and 5.6 after ten (5.5 in a loop of its
+    own), with no page faults in the timed call."""
+    reps, calls, warms = [], [], []
     for fn in fns:
         t0 = time.perf_counter()
         fn()
@@ -48,14 +54,17 @@ def round_times(fns, repeats, budget_s=None):
             _sync()
             second = time.perf_counter() - t0
             calls.append(math.ceil(MIN_TIMING_S / max(second, 1e-9)) if second < SHORT_CALL_S else 1)
+            warms.append(max(1, min(MAX_WARM_CALLS, math.ceil(WARM_S / max(second, 1e-9)))))
         else:
             calls.append(1)
+            warms.append(1)
     times = [[] for _ in fns]
     for r in range(repeats):
-        for fn, ts, n, k in zip(fns, times, reps, calls):
+        for fn, ts, n, k, w in zip(fns, times, reps, calls, warms):
             if r >= n:
                 continue
-            fn()  # untimed: the timed call finds the caches as its own previous call left them
+            for _ in range(w):  # untimed: the timed call finds the caches as its own calls left them
+                fn()
             _sync()
             t0 = time.perf_counter()
             for _ in range(k):

@@ -72,14 +72,24 @@ def test_paired_ratios_and_round_times():
     def fast():  # microseconds: timed k calls at a time, k·(its time) >= MIN_TIMING_S
         calls.append("f")
 
+    def long():  # 0.6 WARM_S: two untimed calls take WARM_S
+        calls.append("l")
+        time.sleep(0.6 * c.WARM_S)
+
     times = round_times([slow, fast], repeats=3)
     assert [len(ts) for ts in times] == [3, 3] and all(t >= 0 for ts in times for t in ts)
-    # a warm-up and a second call each (the second one decides k), then round-robin; in each round a
-    # method's timed calls follow an untimed call of its own
+    # a warm-up and a second call each (the second one decides k and the untimed calls), then
+    # round-robin; in each round a method's timed calls follow untimed calls of its own: as many as
+    # take WARM_S, between 1 and MAX_WARM_CALLS (the slow one's 1.5 ms and the fast one's µs: the most)
     assert calls[:4] == ["s", "s", "f", "f"]
-    k = (len(calls) - 4) // 3 - 3
+    warm = c.MAX_WARM_CALLS
+    assert 1.5 * c.SHORT_CALL_S * warm < c.WARM_S
+    k = (len(calls) - 4) // 3 - warm - (warm + 1)
     assert k >= 2
-    assert calls[4:] == (["s", "s"] + ["f"] * (1 + k)) * 3
+    assert calls[4:] == (["s"] * (warm + 1) + ["f"] * (warm + k)) * 3
+    calls.clear()
+    round_times([long], repeats=2)
+    assert calls == ["l"] * 2 + ["l"] * (2 + 1) * 2
     assert max(times[1]) < min(times[0])  # the fast entries are means of k calls, not their sum
 
 
